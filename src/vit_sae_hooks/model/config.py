@@ -1,0 +1,183 @@
+"""The configuration of a hooked vision transformer, with the fields TransformerLens reads."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vit_sae_hooks.errors import ConfigError
+
+ActFn = Literal["gelu", "quick_gelu", "gelu_tanh", "relu", "silu"]
+PoolType = Literal["cls", "mean", "map"]
+HeadType = Literal["none", "linear", "linear_tanh"]
+MlpType = Literal["standard", "swiglu"]
+
+_ACT_FN_ALIASES = {
+    "gelu": "gelu",
+    "quick_gelu": "quick_gelu",
+    "quickgelu": "quick_gelu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "gelu_tanh": "gelu_tanh",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
+
+
+def normalise_act_fn(name: str) -> str:
+    """Map an activation name from HF, timm or open_clip to one of :data:`ActFn`."""
+    key = name.lower()
+    if key not in _ACT_FN_ALIASES:
+        raise ConfigError(
+            f"activation function {name!r} is not supported; supported: {sorted(_ACT_FN_ALIASES)}"
+        )
+    return _ACT_FN_ALIASES[key]
+
+
+def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    if len(value) != 2:
+        raise ConfigError(f"expected an int or a pair (height, width), got {value!r}")
+    return (int(value[0]), int(value[1]))
+
+
+@dataclass
+class HookedViTConfig:
+    """Everything that defines a :class:`~vit_sae_hooks.HookedViT`'s architecture.
+
+    The field names shared with TransformerLens (``n_layers``, ``d_model``, ``n_heads``,
+    ``d_head``, ``d_mlp``, ``normalization_type``, ``attn_only``, ``use_attn_result``) mean
+    what they mean there, so :class:`transformer_lens.ActivationCache` helpers work.
+
+    Token layout: ``[CLS?, registers..., patches...]``. ``pos_embed_prefix`` says how many of
+    the leading prefix tokens have a learned position embedding (CLS only: 1; none: 0).
+
+    Example:
+        >>> cfg = HookedViTConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, image_size=32, patch_size=8)
+    """
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_mlp: int
+    image_size: tuple[int, int] | int
+    patch_size: tuple[int, int] | int
+    n_channels: int = 3
+    d_head: int | None = None
+    act_fn: str = "gelu"
+    mlp_type: str = "standard"
+    eps: float = 1e-5
+    ln_pre: bool = False
+    ln_pre_eps: float | None = None
+    ln_final: bool = True
+    ln_final_eps: float | None = None
+    final_ln_after_pool: bool = False
+    patch_bias: bool = True
+    has_cls_token: bool = True
+    n_register_tokens: int = 0
+    pos_embed_prefix: int | None = None
+    interpolate_pos_embed: bool = False
+    interpolate_antialias: bool = False
+    pool_type: str = "cls"
+    head_type: str = "none"
+    d_output: int | None = None
+    use_attn_result: bool = False
+    model_name: str = "custom"
+    original_architecture: str = "custom"
+    normalization_type: str = "LN"
+    attn_only: bool = False
+    final_rms: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.image_size = _pair(self.image_size)
+        self.patch_size = _pair(self.patch_size)
+        if self.d_head is None:
+            if self.d_model % self.n_heads:
+                raise ConfigError(
+                    f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                    "set d_head explicitly"
+                )
+            self.d_head = self.d_model // self.n_heads
+        self.act_fn = normalise_act_fn(self.act_fn)
+        if self.ln_pre_eps is None:
+            self.ln_pre_eps = self.eps
+        if self.ln_final_eps is None:
+            self.ln_final_eps = self.eps
+        if self.pos_embed_prefix is None:
+            self.pos_embed_prefix = 1 if self.has_cls_token else 0
+        for name, value, allowed in (
+            ("pool_type", self.pool_type, ("cls", "mean", "map")),
+            ("head_type", self.head_type, ("none", "linear", "linear_tanh")),
+            ("mlp_type", self.mlp_type, ("standard", "swiglu")),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"{name}={value!r} is not supported; choose one of {allowed}")
+        if self.pool_type == "cls" and not self.has_cls_token:
+            raise ConfigError("pool_type='cls' needs a CLS token; use 'mean' or 'map' for has_cls_token=False")
+        if self.head_type != "none" and self.d_output is None:
+            raise ConfigError(f"head_type={self.head_type!r} needs d_output (the head's output width)")
+        for name in ("image_size", "patch_size"):
+            if min(getattr(self, name)) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.image_size[0] % self.patch_size[0] or self.image_size[1] % self.patch_size[1]:
+            raise ConfigError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        if not 0 <= self.pos_embed_prefix <= self.n_prefix_tokens:
+            raise ConfigError(
+                f"pos_embed_prefix={self.pos_embed_prefix} must lie between 0 and the number of "
+                f"prefix tokens ({self.n_prefix_tokens})"
+            )
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patches per side (rows, columns) at the native image size."""
+        return (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
+
+    @property
+    def n_patches(self) -> int:
+        """Patch tokens at the native image size."""
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def n_prefix_tokens(self) -> int:
+        """Tokens before the patches: the CLS token (if any) and the register tokens."""
+        return int(self.has_cls_token) + self.n_register_tokens
+
+    @property
+    def n_ctx(self) -> int:
+        """Sequence length at the native image size."""
+        return self.n_prefix_tokens + self.n_patches
+
+    @property
+    def d_pooled(self) -> int:
+        """Width of the pooled vector (``hook_pooled``)."""
+        return self.d_model
+
+    @property
+    def d_out(self) -> int:
+        """Width of the model output (``hook_output``)."""
+        return self.d_output if self.head_type != "none" else self.d_model
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict that :meth:`from_dict` turns back into this config."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HookedViTConfig:
+        """Build a config from :meth:`to_dict` output, rejecting unknown keys by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown HookedViTConfig fields {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        """Write the config as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))

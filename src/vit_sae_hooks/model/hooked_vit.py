@@ -1,0 +1,291 @@
+"""HookedViT: a vision transformer whose every intermediate tensor is a TransformerLens HookPoint."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from vit_sae_hooks._tl import ActivationCache, HookedRootModule, HookPoint
+from vit_sae_hooks.errors import HookNameError, InputShapeError, unknown_hook_message
+from vit_sae_hooks.model.components import Embed, Head, LayerNorm, Pool, TransformerBlock
+from vit_sae_hooks.model.config import HookedViTConfig
+
+ReturnType = Literal["output", "pooled", "tokens"]
+HookSpec = Union[str, Callable[[str], bool]]
+
+
+class HookedViT(HookedRootModule):
+    """A vision transformer (CLIP, DINO, DINOv2, SigLIP, open_clip, timm) with TransformerLens hooks.
+
+    The forward reads like the architecture: embed → (ln_pre) → blocks → ln_final → pool →
+    head. Hook names follow TransformerLens (``blocks.3.hook_resid_post``, ``blocks.3.attn.hook_pattern``);
+    ``docs/hooks.md`` lists them all with shapes. Every hook is writable: a value returned by a hook
+    replaces the activation for everything downstream.
+
+    Example:
+        >>> model = HookedViT.from_pretrained("openai/clip-vit-base-patch32")
+        >>> embeds, cache = model.run_with_cache(images)  # images: [batch, 3, 224, 224], preprocessed
+        >>> cache["blocks.9.hook_resid_post"].shape  # [batch, 50, 768]
+    """
+
+    def __init__(self, cfg: HookedViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = Embed(cfg)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]: prefix tokens then patch embeddings
+        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_full_embed = HookPoint()  # [batch, pos, d_model]: hook_embed + hook_pos_embed
+        self.ln_pre = LayerNorm(cfg.d_model, cfg.ln_pre_eps) if cfg.ln_pre else None
+        self.blocks = nn.ModuleList(TransformerBlock(cfg, index) for index in range(cfg.n_layers))
+        self.ln_final = LayerNorm(cfg.d_model, cfg.ln_final_eps) if cfg.ln_final else None
+        self.pool = Pool(cfg)
+        self.hook_pooled = HookPoint()  # [batch, d_model]
+        self.head = Head(cfg) if cfg.head_type != "none" else None
+        self.hook_output = HookPoint()  # [batch, d_output]: image embedding or logits
+        self.setup()
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        images: Float[Tensor, "batch channels height width"] | Float[Tensor, "batch pos d_model"],
+        return_type: ReturnType | None = "output",
+        stop_at_layer: int | None = None,
+        start_at_layer: int | None = None,
+        interpolate_pos_encoding: bool | None = None,
+    ) -> Tensor | None:
+        """Run the model on preprocessed images (or, with ``start_at_layer``, on a residual stream).
+
+        Args:
+            images: ``[batch, channels, height, width]`` float images, already normalised as the
+                checkpoint expects; with ``start_at_layer=L``, the residual stream entering block L,
+                ``[batch, pos, d_model]``.
+            return_type: ``"output"`` (image embedding or logits, ``[batch, d_out]``), ``"pooled"``
+                (``[batch, d_model]``), ``"tokens"`` (final-normalised tokens, ``[batch, pos, d_model]``),
+                or None to run for the hooks only.
+            stop_at_layer: run blocks ``[start, stop)`` and return the residual stream
+                ``[batch, pos, d_model]`` (negative values count from the end).
+            start_at_layer: begin at block L from the residual stream given as ``images``.
+            interpolate_pos_encoding: resample position embeddings for other image sizes
+                (defaults to the config's ``interpolate_pos_embed``, True for DINOv2).
+
+        Example:
+            >>> resid = model(images, stop_at_layer=6)  # [batch, pos, d_model]
+            >>> logits = model(resid, start_at_layer=6)
+        """
+        cfg = self.cfg
+        start = self._layer_index(start_at_layer, "start_at_layer") if start_at_layer is not None else 0
+        stop = self._layer_index(stop_at_layer, "stop_at_layer") if stop_at_layer is not None else cfg.n_layers
+        if start_at_layer is None:
+            self.check_images(images, interpolate_pos_encoding)
+            tokens, pos_embed = self.embed(images)
+            tokens = self.hook_embed(tokens)
+            pos_embed = self.hook_pos_embed(pos_embed)
+            resid = self.hook_full_embed(tokens + pos_embed)
+            if self.ln_pre is not None:
+                resid = self.ln_pre(resid)
+        else:
+            resid = self._check_residual(images)
+        for block in self.blocks[start:stop]:
+            resid = block(resid)
+        if stop_at_layer is not None:
+            return resid
+        return self._finish(resid, return_type)
+
+    def _finish(self, resid: Tensor, return_type: ReturnType | None) -> Tensor | None:
+        cfg = self.cfg
+        if self.ln_final is not None and not cfg.final_ln_after_pool:
+            resid = self.ln_final(resid)
+        if return_type == "tokens":
+            return resid
+        pooled = self.pool(resid)
+        if self.ln_final is not None and cfg.final_ln_after_pool:
+            pooled = self.ln_final(pooled)
+        pooled = self.hook_pooled(pooled)
+        output = self.hook_output(self.head(pooled) if self.head is not None else pooled)
+        if return_type is None:
+            return None
+        if return_type == "pooled":
+            return pooled
+        if return_type == "output":
+            return output
+        raise ValueError(f"return_type={return_type!r} is not one of 'output', 'pooled', 'tokens', None")
+
+    def _layer_index(self, layer: int, argument: str) -> int:
+        n_layers = self.cfg.n_layers
+        index = layer + n_layers if layer < 0 else layer
+        if not 0 <= index <= n_layers:
+            raise ValueError(f"{argument}={layer} is out of range for a model with {n_layers} blocks")
+        return index
+
+    # ------------------------------------------------------------------ input checks
+    def check_images(self, images: Any, interpolate_pos_encoding: bool | None = None) -> None:
+        """Raise :class:`InputShapeError` unless ``images`` is a float ``[batch, C, H, W]`` tensor this model accepts."""
+        cfg = self.cfg
+        expected = f"[batch, {cfg.n_channels}, {cfg.image_size[0]}, {cfg.image_size[1]}]"
+        if not isinstance(images, Tensor):
+            raise InputShapeError(f"images must be a torch.Tensor of shape {expected}, got {type(images).__name__}")
+        if images.ndim != 4:
+            hint = " (add a batch dimension with images.unsqueeze(0))" if images.ndim == 3 else ""
+            raise InputShapeError(
+                f"images must have shape {expected}, got a {images.ndim}-d tensor of shape "
+                f"{tuple(images.shape)}{hint}"
+            )
+        if not images.is_floating_point():
+            raise InputShapeError(
+                f"images must be a float tensor preprocessed for the model (dtype {images.dtype} given); "
+                "convert with images.float() and normalise with the checkpoint's mean and std"
+            )
+        if images.shape[1] != cfg.n_channels:
+            raise InputShapeError(
+                f"images have {images.shape[1]} channels but the model expects {cfg.n_channels}: "
+                f"shape {tuple(images.shape)} given, {expected} expected (channels first)"
+            )
+        height, width = images.shape[-2:]
+        if (height, width) == tuple(cfg.image_size):
+            return
+        interpolate = cfg.interpolate_pos_embed if interpolate_pos_encoding is None else interpolate_pos_encoding
+        if not interpolate:
+            raise InputShapeError(
+                f"images are {height}x{width} but the model expects {cfg.image_size[0]}x{cfg.image_size[1]} "
+                f"(shape {expected}); resize them, or pass interpolate_pos_encoding=True to resample the "
+                "position embeddings"
+            )
+        if height % cfg.patch_size[0] or width % cfg.patch_size[1]:
+            raise InputShapeError(
+                f"images of {height}x{width} cannot be cut into {cfg.patch_size[0]}x{cfg.patch_size[1]} "
+                "patches; use a height and width that are multiples of the patch size"
+            )
+
+    def _check_residual(self, resid: Any) -> Tensor:
+        d_model = self.cfg.d_model
+        if not isinstance(resid, Tensor) or resid.ndim != 3 or resid.shape[-1] != d_model:
+            shape = tuple(resid.shape) if isinstance(resid, Tensor) else type(resid).__name__
+            raise InputShapeError(
+                f"with start_at_layer the input must be a residual stream [batch, pos, {d_model}], got {shape}"
+            )
+        return resid
+
+    # ------------------------------------------------------------------ hooks
+    def check_hook_name(self, name: str) -> None:
+        """Raise :class:`HookNameError` naming the closest valid hooks unless ``name`` is a hook."""
+        if name not in self.hook_dict:
+            raise HookNameError(unknown_hook_message(name, self.hook_dict, self.cfg.n_layers))
+
+    def _check_hook_specs(self, specs: Sequence[tuple[HookSpec, Callable]]) -> None:
+        for name, _ in specs:
+            if isinstance(name, str):
+                self.check_hook_name(name)
+
+    def add_hook(self, name: HookSpec, hook: Callable, dir: str = "fwd", is_permanent: bool = False, **kwargs):
+        """Attach ``hook`` to the hook named ``name`` (or to every hook whose name passes ``name``)."""
+        if isinstance(name, str):
+            self.check_hook_name(name)
+        return super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, **kwargs)
+
+    @contextmanager
+    def hooks(self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True, clear_contexts: bool = False):
+        """TransformerLens's temporary-hooks context manager, with hook names checked first."""
+        self._check_hook_specs(list(fwd_hooks) + list(bwd_hooks))
+        with super().hooks(list(fwd_hooks), list(bwd_hooks), reset_hooks_end, clear_contexts) as model:
+            yield model
+
+    def run_with_cache(
+        self, *model_args: Any, return_cache_object: bool = True, names_filter: Any = None, **kwargs: Any
+    ) -> tuple[Any, ActivationCache | dict[str, Tensor]]:
+        """Run the model and return ``(output, cache)``; the cache is a TransformerLens ``ActivationCache``.
+
+        Example:
+            >>> out, cache = model.run_with_cache(images, names_filter=lambda n: n.endswith("resid_post"))
+            >>> cache.accumulated_resid().shape  # [n_layers + 1, batch, pos, d_model]
+        """
+        names = [names_filter] if isinstance(names_filter, str) else names_filter
+        if isinstance(names, (list, tuple)):
+            for name in names:
+                self.check_hook_name(name)
+        output, cache_dict = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
+        if return_cache_object:
+            return output, ActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
+        return output, cache_dict
+
+    # ------------------------------------------------------------------ TransformerLens-style weights
+    @property
+    def W_Q(self) -> Float[Tensor, "n_layers n_heads d_model d_head"]:
+        """Query weights of every block, stacked."""
+        return torch.stack([block.attn.W_Q for block in self.blocks])
+
+    @property
+    def W_K(self) -> Float[Tensor, "n_layers n_heads d_model d_head"]:
+        """Key weights of every block, stacked."""
+        return torch.stack([block.attn.W_K for block in self.blocks])
+
+    @property
+    def W_V(self) -> Float[Tensor, "n_layers n_heads d_model d_head"]:
+        """Value weights of every block, stacked."""
+        return torch.stack([block.attn.W_V for block in self.blocks])
+
+    @property
+    def W_O(self) -> Float[Tensor, "n_layers n_heads d_head d_model"]:
+        """Output weights of every block, stacked."""
+        return torch.stack([block.attn.W_O for block in self.blocks])
+
+    @property
+    def W_in(self) -> Float[Tensor, "n_layers d_model d_mlp"]:
+        """MLP input weights of every block, stacked."""
+        return torch.stack([block.mlp.W_in for block in self.blocks])
+
+    @property
+    def W_out(self) -> Float[Tensor, "n_layers d_mlp d_model"]:
+        """MLP output weights of every block, stacked."""
+        return torch.stack([block.mlp.W_out for block in self.blocks])
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        use_attn_result: bool = False,
+    ) -> HookedViT:
+        """Load a checkpoint from a local folder or a Hugging Face hub id (offline from the cache).
+
+        Detects the format from the files: HF ``CLIPVisionModel``/``CLIPVisionModelWithProjection``/
+        ``CLIPModel``, ``ViTModel``/``ViTForImageClassification`` (DINO), ``Dinov2Model``,
+        ``SiglipVisionModel``/``SiglipModel``, the open_clip hub layout, timm ViT exports, and this
+        library's own ``save_pretrained`` folders. No weight processing: hooks see the raw activations.
+
+        Example:
+            >>> model = HookedViT.from_pretrained("laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K")
+        """
+        from vit_sae_hooks.model.loading import load_checkpoint
+
+        cfg, state_dict = load_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir)
+        cfg.use_attn_result = use_attn_result
+        model = cls(cfg)
+        model.load_state_dict(state_dict, strict=True)
+        return model.to(device=device, dtype=dtype)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write ``hooked_vit_config.json`` and ``model.safetensors`` that :meth:`from_pretrained` reads back.
+
+        Example:
+            >>> model.save_pretrained("my_model")
+        """
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.cfg.save(folder / "hooked_vit_config.json")
+        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "vit_sae_hooks"})
+        return folder

@@ -1,0 +1,231 @@
+"""Turn checkpoint tensors in ``nn.Linear`` layout into HookedViT parameters: the one place conversions live.
+
+Every format module maps its own key names to the neutral :class:`BlockWeights` (weights in
+``[out, in]`` layout as ``nn.Linear`` stores them) and calls :func:`assemble_state_dict`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from vit_sae_hooks.errors import CheckpointFormatError
+from vit_sae_hooks.model.config import HookedViTConfig
+
+
+class TensorSource:
+    """Reads named tensors from a checkpoint, with errors that name the file and the missing key."""
+
+    def __init__(self, tensors: dict[str, Tensor], origin: str):
+        self.tensors = tensors
+        self.origin = origin
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.tensors
+
+    def get(self, key: str) -> Tensor:
+        """The tensor stored under ``key``; raises :class:`CheckpointFormatError` if absent."""
+        if key not in self.tensors:
+            nearby = sorted(k for k in self.tensors if k.rsplit(".", 1)[0] == key.rsplit(".", 1)[0])[:5]
+            raise CheckpointFormatError(
+                f"{self.origin} has no tensor {key!r} (found {len(self.tensors)} tensors"
+                + (f", e.g. {nearby}" if nearby else "")
+                + "); the checkpoint is incomplete or not of the detected format"
+            )
+        return self.tensors[key]
+
+    def optional(self, key: str) -> Tensor | None:
+        """The tensor stored under ``key``, or None."""
+        return self.tensors.get(key)
+
+    def count_indexed(self, prefix: str) -> int:
+        """How many consecutive ``{prefix}{i}.`` groups exist, e.g. the number of blocks."""
+        count = 0
+        while any(k.startswith(f"{prefix}{count}.") for k in self.tensors):
+            count += 1
+        return count
+
+
+def read_json(path: Path) -> dict:
+    """Parse a JSON file, raising :class:`CheckpointFormatError` that names the file on failure."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointFormatError(f"cannot read {path}: {error}") from error
+
+
+def load_tensors(folder: Path, candidates: Iterable[str], keep: Callable[[str], bool] = lambda key: True) -> TensorSource:
+    """Read the first existing weight file among ``candidates`` (safetensors, sharded index, or a
+    ``weights_only`` torch pickle), keeping only keys for which ``keep`` is true."""
+    from safetensors import safe_open
+
+    for name in candidates:
+        path = folder / name
+        if not path.exists():
+            continue
+        if name.endswith(".index.json"):
+            shard_names = sorted(set(read_json(path).get("weight_map", {}).values()))
+            files = [folder / shard for shard in shard_names]
+        else:
+            files = [path]
+        tensors: dict[str, Tensor] = {}
+        for file in files:
+            try:
+                if file.suffix == ".safetensors":
+                    with safe_open(str(file), framework="pt") as handle:
+                        for key in handle.keys():
+                            if keep(key):
+                                tensors[key] = handle.get_tensor(key)
+                else:
+                    state = torch.load(str(file), map_location="cpu", weights_only=True)
+                    state = state.get("state_dict", state) if isinstance(state, dict) else state
+                    if not isinstance(state, dict):
+                        raise CheckpointFormatError(f"{file} does not hold a state dict")
+                    tensors.update({k: v for k, v in state.items() if keep(k) and isinstance(v, Tensor)})
+            except CheckpointFormatError:
+                raise
+            except Exception as error:  # noqa: BLE001 - corrupt files surface as one clear error
+                raise CheckpointFormatError(
+                    f"cannot read weights from {file}: {type(error).__name__}: {error}. The file is "
+                    "corrupt, truncated or not a weight file; download it again."
+                ) from error
+        return TensorSource(tensors, str(path))
+    raise CheckpointFormatError(
+        f"{folder} has none of the weight files {list(candidates)}; found {sorted(p.name for p in folder.iterdir())}"
+    )
+
+
+@dataclass
+class BlockWeights:
+    """One transformer block's tensors in ``nn.Linear`` layout (``weight [out, in]``)."""
+
+    ln1_w: Tensor
+    ln1_b: Tensor
+    q_w: Tensor
+    q_b: Tensor | None
+    k_w: Tensor
+    k_b: Tensor | None
+    v_w: Tensor
+    v_b: Tensor | None
+    o_w: Tensor
+    o_b: Tensor | None
+    ln2_w: Tensor
+    ln2_b: Tensor
+    fc1_w: Tensor
+    fc1_b: Tensor | None
+    fc2_w: Tensor
+    fc2_b: Tensor | None
+    layer_scale_attn: Tensor | None = None
+    layer_scale_mlp: Tensor | None = None
+    gate_w: Tensor | None = None
+    gate_b: Tensor | None = None
+
+
+def split_fused(weight: Tensor, bias: Tensor | None, parts: int = 3) -> list[tuple[Tensor, Tensor | None]]:
+    """Split a fused projection (``in_proj_weight`` / timm ``qkv``) into ``parts`` equal chunks."""
+    weights = weight.chunk(parts, dim=0)
+    biases = bias.chunk(parts, dim=0) if bias is not None else [None] * parts
+    return list(zip(weights, biases))
+
+
+def _zeros_if_none(bias: Tensor | None, size: int, like: Tensor) -> Tensor:
+    return torch.zeros(size, dtype=like.dtype) if bias is None else bias
+
+
+def _block_params(cfg: HookedViTConfig, prefix: str, w: BlockWeights) -> dict[str, Tensor]:
+    n_heads, d_head, d_model = cfg.n_heads, cfg.d_head, cfg.d_model
+    params: dict[str, Tensor] = {
+        f"{prefix}.ln1.w": w.ln1_w,
+        f"{prefix}.ln1.b": w.ln1_b,
+        f"{prefix}.ln2.w": w.ln2_w,
+        f"{prefix}.ln2.b": w.ln2_b,
+    }
+    for name, weight, bias in (("Q", w.q_w, w.q_b), ("K", w.k_w, w.k_b), ("V", w.v_w, w.v_b)):
+        params[f"{prefix}.attn.W_{name}"] = weight.T.reshape(d_model, n_heads, d_head).permute(1, 0, 2)
+        params[f"{prefix}.attn.b_{name}"] = _zeros_if_none(bias, n_heads * d_head, weight).reshape(n_heads, d_head)
+    W_O = w.o_w.T.reshape(n_heads, d_head, d_model)
+    b_O = _zeros_if_none(w.o_b, d_model, w.o_w)
+    W_out = w.fc2_w.T
+    b_out = _zeros_if_none(w.fc2_b, d_model, w.fc2_w)
+    # Layer scale multiplies a sublayer's output; folding it into the output projection leaves
+    # hook_attn_out / hook_mlp_out unchanged and saves a multiply per block.
+    if w.layer_scale_attn is not None:
+        W_O, b_O = W_O * w.layer_scale_attn, b_O * w.layer_scale_attn
+    if w.layer_scale_mlp is not None:
+        W_out, b_out = W_out * w.layer_scale_mlp, b_out * w.layer_scale_mlp
+    params[f"{prefix}.attn.W_O"] = W_O
+    params[f"{prefix}.attn.b_O"] = b_O
+    params[f"{prefix}.mlp.W_in"] = w.fc1_w.T
+    params[f"{prefix}.mlp.b_in"] = _zeros_if_none(w.fc1_b, cfg.d_mlp, w.fc1_w)
+    params[f"{prefix}.mlp.W_out"] = W_out
+    params[f"{prefix}.mlp.b_out"] = b_out
+    if cfg.mlp_type == "swiglu":
+        params[f"{prefix}.mlp.W_gate"] = w.gate_w.T
+        params[f"{prefix}.mlp.b_gate"] = _zeros_if_none(w.gate_b, cfg.d_mlp, w.gate_w)
+    return params
+
+
+def assemble_state_dict(
+    cfg: HookedViTConfig,
+    *,
+    patch_weight: Tensor,
+    patch_bias: Tensor | None,
+    cls_token: Tensor | None,
+    register_tokens: Tensor | None,
+    pos_embed: Tensor,
+    blocks: list[BlockWeights],
+    ln_pre: tuple[Tensor, Tensor] | None,
+    ln_final: tuple[Tensor, Tensor] | None,
+    head_weight: Tensor | None = None,
+    head_bias: Tensor | None = None,
+    map_pool: dict[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """The complete HookedViT state dict from format-neutral pieces.
+
+    ``head_weight`` is ``[d_output, d_model]`` (``nn.Linear`` layout); ``map_pool`` holds the
+    attention-pooling head as ``{"probe": [d_model], "block": BlockWeights}`` with the head's
+    LayerNorm in ``ln2_w``/``ln2_b`` (``ln1`` is unused).
+    """
+    state: dict[str, Tensor] = {
+        "embed.W_patch": patch_weight,
+        "embed.pos_embed": pos_embed.reshape(-1, cfg.d_model),
+    }
+    if patch_bias is not None:
+        state["embed.b_patch"] = patch_bias
+    if cls_token is not None:
+        state["embed.cls_token"] = cls_token.reshape(cfg.d_model)
+    if register_tokens is not None:
+        state["embed.register_tokens"] = register_tokens.reshape(-1, cfg.d_model)
+    if ln_pre is not None:
+        state["ln_pre.w"], state["ln_pre.b"] = ln_pre
+    for index, block in enumerate(blocks):
+        state.update(_block_params(cfg, f"blocks.{index}", block))
+    if ln_final is not None:
+        state["ln_final.w"], state["ln_final.b"] = ln_final
+    if head_weight is not None:
+        state["head.W"] = head_weight.T
+        state["head.b"] = _zeros_if_none(head_bias, head_weight.shape[0], head_weight)
+    if map_pool is not None:
+        # The MAP head is a block without ln1: its attention and MLP convert like a block's, and
+        # its single LayerNorm travels in the ln2 slot.
+        head_block: BlockWeights = map_pool["block"]
+        pool_params = _block_params(cfg, "pool", head_block)
+        state.update({k: v for k, v in pool_params.items() if not k.startswith(("pool.ln1.", "pool.ln2."))})
+        state["pool.ln.w"], state["pool.ln.b"] = head_block.ln2_w, head_block.ln2_b
+        state["pool.probe"] = map_pool["probe"].reshape(cfg.d_model)
+    return {name: tensor.contiguous() for name, tensor in state.items()}
+
+
+def check_expected_keys(model_keys: Iterable[str], state: dict[str, Tensor], origin: str) -> None:
+    """Raise a :class:`CheckpointFormatError` if the converted state misses or adds parameters."""
+    expected, found = set(model_keys), set(state)
+    if expected != found:
+        raise CheckpointFormatError(
+            f"converting {origin} gave missing parameters {sorted(expected - found)[:8]} and unexpected "
+            f"parameters {sorted(found - expected)[:8]}; the checkpoint does not match its config"
+        )

@@ -1,0 +1,30 @@
+"""Shared test helpers: tiny random transformers models and the recorded peer-library fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def randomise_layer_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every LayerNorm random weights and biases: the defaults (1, 0) hide conversion mistakes."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.copy_(1 + 0.5 * torch.randn(module.weight.shape, generator=generator))
+                module.bias.copy_(0.5 * torch.randn(module.bias.shape, generator=generator))
+            for name, param in module.named_parameters(recurse=False):
+                # Layer-scale vectors default to a constant; randomise them too.
+                if name == "lambda1" or name == "gamma":
+                    param.copy_(0.5 + torch.rand(param.shape, generator=generator))
+    return model
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
