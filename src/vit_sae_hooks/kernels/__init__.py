@@ -9,17 +9,111 @@ Contract (stable; faster backends plug in behind it):
 - ``decode_topk(values, indices, W_dec, b_dec) -> [..., d_in]``:
   ``sum_j values[..., j] * W_dec[indices[..., j]] + b_dec`` without a dense ``[N, d_sae]`` tensor.
 
-Any input preprocessing (subtracting ``b_dec``, normalisation) is the SAE module's job.
+Both are differentiable with sparse backward passes (see ``autograd.py``). The keyword-only
+``backend`` picks the implementation; ``"auto"`` decides on every call from the tensors:
+
+- ``"torch"``: one GEMM + bias, two-stage top-k, ``embedding_bag`` decode (any device);
+- ``"chunked"``: the same, ``chunk_size`` latents at a time (peak extra memory ``N * chunk_size``);
+- ``"compile"``: the torch encode under ``torch.compile`` (opt-in; ~20 s cold compile on CPU);
+- ``"triton"``: fused GEMM + top-k epilogue and Triton sparse decode/backward (CUDA tensors;
+  CPU only under ``TRITON_INTERPRET=1``, for testing).
+
+``"auto"`` is ``"triton"`` for float32/bfloat16/float16 CUDA tensors when Triton imports,
+``"chunked"`` on CPU once the dense pre-activations would exceed ``AUTO_CHUNK_ELEMENTS``,
+``"torch"`` otherwise. Any input preprocessing (subtracting ``b_dec``, normalisation) is the SAE
+module's job.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import os
+from typing import Literal
+
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-__all__ = ["decode_topk", "encode_topk"]
+from vit_sae_hooks.errors import ConfigError
+from vit_sae_hooks.kernels import cpu
+from vit_sae_hooks.kernels.autograd import KernelSet, SparseDecode, TopKEncode
+from vit_sae_hooks.kernels.relu_decode import decode_dense_or_sparse
+from vit_sae_hooks.kernels.validation import check_chunk_size, check_decode_inputs, check_encode_inputs
+
+__all__ = ["AUTO_CHUNK_ELEMENTS", "Backend", "decode_dense_or_sparse", "decode_topk", "encode_topk"]
+
+Backend = Literal["auto", "torch", "chunked", "compile", "triton"]
+
+# Above this many pre-activation elements (N * d_sae; 2^27 floats = 512 MiB in float32) "auto"
+# encodes in latent chunks on CPU: same speed within noise, bounded memory.
+AUTO_CHUNK_ELEMENTS = 1 << 27
+DEFAULT_CHUNK_SIZE = 4096
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_BACKENDS = ("auto", "torch", "chunked", "compile", "triton")
+
+
+@functools.cache
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _torch_kernels(encode_forward=cpu.encode_forward, name: str = "torch") -> KernelSet:
+    return KernelSet(
+        name=name,
+        encode_forward=encode_forward,
+        gather_sum=cpu.gather_sum,
+        gather_dot=cpu.gather_dot,
+        scatter_outer=cpu.scatter_outer,
+    )
+
+
+def _resolve_backend(backend: str, tensor: Tensor, n_pre_elements: int) -> str:
+    if backend not in _BACKENDS:
+        raise ConfigError(f"backend={backend!r} is unknown; choose one of {', '.join(map(repr, _BACKENDS))}.")
+    if backend != "auto":
+        return backend
+    if tensor.is_cuda and tensor.dtype in _TRITON_DTYPES and _triton_importable():
+        return "triton"
+    if not tensor.is_cuda and n_pre_elements > AUTO_CHUNK_ELEMENTS:
+        return "chunked"
+    return "torch"
+
+
+def _kernels_for(backend: str, tensor: Tensor, n_pre_elements: int, chunk_size: int | None) -> KernelSet:
+    """The KernelSet for this call: decided from the tensor's device and dtype every time."""
+    check_chunk_size(chunk_size)
+    resolved = _resolve_backend(backend, tensor, n_pre_elements)
+    if resolved == "torch":
+        return _torch_kernels()
+    if resolved == "chunked":
+        size = chunk_size or DEFAULT_CHUNK_SIZE
+        return _torch_kernels(functools.partial(cpu.encode_forward_chunked, chunk_size=size), "chunked")
+    if resolved == "compile":
+        from vit_sae_hooks.kernels.compiled import compiled_encode_forward
+
+        return _torch_kernels(compiled_encode_forward, "compile")
+    if not _triton_importable():
+        raise ConfigError("backend='triton' needs the triton package; install it (pip install triton) or use backend='torch'.")
+    if not tensor.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError(
+            f"backend='triton' needs CUDA tensors (got {tensor.device}); use backend='torch' on CPU, "
+            "or set TRITON_INTERPRET=1 before importing triton to emulate the kernels slowly."
+        )
+    if tensor.dtype not in _TRITON_DTYPES:
+        raise ConfigError(
+            f"backend='triton' supports float32, bfloat16 and float16, not {tensor.dtype}; use backend='torch'."
+        )
+    # Imported here, not at module import: the Triton modules must see TRITON_INTERPRET as set at call time.
+    from vit_sae_hooks.kernels import triton_decode, triton_encode
+
+    return KernelSet(
+        name="triton",
+        encode_forward=triton_encode.encode_forward,
+        gather_sum=triton_decode.gather_sum,
+        gather_dot=triton_decode.gather_dot,
+        scatter_outer=triton_decode.scatter_outer,
+    )
 
 
 def encode_topk(
@@ -28,19 +122,24 @@ def encode_topk(
     b_enc: Float[Tensor, " d_sae"] | None,
     k: int,
     apply_relu: bool = True,
+    *,
+    backend: Backend = "auto",
+    chunk_size: int | None = None,
 ) -> tuple[Float[Tensor, "*batch k"], Int[Tensor, "*batch k"]]:
-    """Top-``k`` latent values and indices of ``x @ W_enc + b_enc``.
+    """Top-``k`` latent values and indices of ``x @ W_enc + b_enc`` (ReLU on the k values), differentiable.
 
     Example:
         >>> values, indices = encode_topk(torch.randn(4, 8), torch.randn(8, 32), None, k=3)
+
+    Indices come back in no particular order; ties between equal pre-activations are broken
+    arbitrarily. ``chunk_size`` (latents per step) applies to ``backend="chunked"``.
     """
-    pre = x @ W_enc
-    if b_enc is not None:
-        pre = pre + b_enc
-    values, indices = pre.topk(k, dim=-1, sorted=False)
-    if apply_relu:
-        values = values.relu()
-    return values, indices
+    check_encode_inputs(x, W_enc, b_enc, k)
+    leading = x.shape[:-1]
+    flat_x = x.reshape(-1, x.shape[-1])
+    kernels = _kernels_for(backend, x, flat_x.shape[0] * W_enc.shape[1], chunk_size)
+    values, indices = TopKEncode.apply(flat_x, W_enc, b_enc, k, apply_relu, kernels)
+    return values.reshape(*leading, k), indices.reshape(*leading, k)
 
 
 def decode_topk(
@@ -48,17 +147,18 @@ def decode_topk(
     indices: Int[Tensor, "*batch k"],
     W_dec: Float[Tensor, "d_sae d_in"],
     b_dec: Float[Tensor, " d_in"] | None,
+    *,
+    backend: Backend = "auto",
 ) -> Float[Tensor, "*batch d_in"]:
-    """Reconstruction ``sum_j values[j] * W_dec[indices[j]] (+ b_dec)`` by a sparse gather.
+    """Reconstruction ``sum_j values[j] * W_dec[indices[j]] (+ b_dec)`` by a sparse gather, differentiable.
 
     Example:
         >>> out = decode_topk(torch.rand(4, 3), torch.randint(0, 32, (4, 3)), torch.randn(32, 8), None)
     """
+    check_decode_inputs(values, indices, W_dec, b_dec)
     leading = values.shape[:-1]
     k = values.shape[-1]
-    out = F.embedding_bag(
-        indices.reshape(-1, k), W_dec, per_sample_weights=values.reshape(-1, k).to(W_dec.dtype), mode="sum"
-    )
-    if b_dec is not None:
-        out = out + b_dec
+    # Decode never builds [N, d_sae], so "chunked" and "compile" share the torch decode.
+    kernels = _kernels_for(backend, W_dec, 0, None)
+    out = SparseDecode.apply(values.reshape(-1, k), indices.reshape(-1, k).long(), W_dec, b_dec, kernels)
     return out.reshape(*leading, W_dec.shape[-1])
