@@ -172,3 +172,19 @@ def test_dense_or_sparse_decode_keeps_dense_gradient_wrt_acts():
     W_dec = torch.randn(50, 6)
     decode_dense_or_sparse(acts, W_dec, None, max_density=1.0).sum().backward()
     torch.testing.assert_close(acts.grad, W_dec.sum(1).expand(4, 50))
+
+
+def test_compiled_backend_equals_eager_forward_and_backward():
+    x, W_enc, b_enc = make_encoder_problem(6, 24, 4200, torch.float32, seed=5)
+    W_dec = torch.randn(4200, 24)
+    results = {}
+    for backend in ("torch", "compile"):
+        leaves = [t.clone().requires_grad_(True) for t in (x, W_enc, b_enc, W_dec)]
+        values, indices = encode_topk(leaves[0], leaves[1], leaves[2], 7, backend=backend)
+        order = indices.argsort(dim=1)
+        values, indices = values.gather(1, order), indices.gather(1, order)
+        decode_topk(values, indices, leaves[3], None, backend=backend).square().sum().backward()
+        results[backend] = (values, indices, *(leaf.grad for leaf in leaves))
+    assert torch.equal(results["torch"][1], results["compile"][1])
+    for eager, compiled in zip(results["torch"], results["compile"]):
+        torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
