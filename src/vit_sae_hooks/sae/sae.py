@@ -60,7 +60,7 @@ class SAE(HookedRootModule):
         nn.init.kaiming_uniform_(decoder)
         # Tied initialisation (encoder = decoder transposed), the usual starting point for training.
         self.W_dec = nn.Parameter(decoder)
-        self.W_enc = nn.Parameter(decoder.T.clone())
+        self.W_enc = nn.Parameter(decoder.T.contiguous())
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **factory))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, **factory))
         if cfg.architecture == "jumprelu":

@@ -68,10 +68,16 @@ def load_torch_checkpoint(path: Path) -> Any:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        reason = _unpickler_reason(error)
+        if _REFUSED_OBJECT.search(reason):
+            raise CheckpointFormatError(
+                f"{path} contains pickled objects that are not tensors, plain containers or a Prisma SAE config, "
+                f"so it was not loaded (nothing in it was executed): {reason}. "
+                "Re-save the checkpoint as a state dict of tensors, or as safetensors."
+            ) from error
         raise CheckpointFormatError(
-            f"{path} contains pickled objects that are not tensors, plain containers or a Prisma SAE config, "
-            f"so it was not loaded (nothing in it was executed): {_refusal_reason(error)}. "
-            "Re-save the checkpoint as a state dict of tensors, or as safetensors."
+            f"{path} is not a readable torch checkpoint ({reason}); the file is probably truncated or corrupt. "
+            "Download it again."
         ) from error
     except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways (zip, struct, key, EOF errors)
         raise CheckpointFormatError(
@@ -80,10 +86,20 @@ def load_torch_checkpoint(path: Path) -> Any:
         ) from error
 
 
-def _refusal_reason(error: pickle.UnpicklingError) -> str:
-    # torch's message opens with advice to retry with weights_only=False, which is exactly what must not happen.
-    match = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|$)", str(error), flags=re.MULTILINE)
-    return match.group(1).strip() if match else _first_line(error)
+# How torch's weights_only unpickler words a refused global or class (as opposed to malformed bytes).
+_REFUSED_OBJECT = re.compile(r"global|class|Can only build|non-plain|allowlist", re.IGNORECASE)
+
+
+def _unpickler_reason(error: pickle.UnpicklingError) -> str:
+    # torch's message wraps the reason in advice to retry with weights_only=False or to allowlist the global,
+    # which is exactly what must not happen; keep only the reason.
+    text = str(error)
+    match = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\s*Please (?:use|file)|\n\s*\n|$)", text, re.DOTALL)
+    if match and match.group(1).strip():
+        return " ".join(match.group(1).split()).rstrip(".")
+    boilerplate = ("Weights only load failed", "Check the documentation")
+    paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip() and not p.strip().startswith(boilerplate)]
+    return " ".join(paragraphs[0].split()).rstrip(".") if paragraphs else type(error).__name__
 
 
 def _first_line(error: BaseException) -> str:
