@@ -210,3 +210,9 @@ def test_entries_request_their_hub_folder_and_file_patterns(entry: pretrained.Pr
     )
     entry.resolve()
     assert requested == [(entry.hub_path, list(entry.files))]
+
+
+def test_docs_page_lists_every_entry() -> None:
+    page = (Path(__file__).parents[1] / "docs" / "pretrained.md").read_text()
+    for entry in pretrained.all_entries():
+        assert f"`{entry.name}` | `{entry.hub_path}`" in page, entry.name
