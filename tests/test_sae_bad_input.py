@@ -240,50 +240,37 @@ def test_pickled_code_is_refused_and_never_runs(payload: type, where: str, tmp_p
     assert "weights_only=False" not in str(error.value), "never advise the unsafe route"
 
 
-def test_other_class_from_the_prisma_module_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _checkpoint_with_prisma_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, **methods) -> Path:
+    """A Prisma-shaped weights.pt whose cfg is an instance of class ``vit_prisma.sae.config.<name>``."""
     module = _fake_prisma_module(monkeypatch)
-
-    class SAETrainingRunner:  # a real vit_prisma class name, but not the one config class that is admitted
-        pass
-
-    SAETrainingRunner.__module__, SAETrainingRunner.__qualname__ = "vit_prisma.sae.config", "SAETrainingRunner"
-    module.SAETrainingRunner = SAETrainingRunner
+    cls = type(name, (), methods)
+    cls.__module__ = "vit_prisma.sae.config"
+    setattr(module, name, cls)
     path = tmp_path / "weights.pt"
-    torch.save({"cfg": SAETrainingRunner(), "state_dict": load_state_dict_of_fixture()}, path)
-    monkeypatch.delitem(sys.modules, "vit_prisma.sae.config")
+    torch.save({"cfg": cls(), "state_dict": load_state_dict_of_fixture()}, path)
+    return path
+
+
+def test_other_class_from_the_prisma_module_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A real vit_prisma class name, but not the one config class that is admitted.
+    path = _checkpoint_with_prisma_class(tmp_path, monkeypatch, "SAETrainingRunner")
     with pytest.raises(CheckpointFormatError, match="SAETrainingRunner"):
         SAE.load(path)
 
 
 @pytest.mark.parametrize("state", [{"d_in": torch.zeros(3)}, ["not", "a", "dict"], {"nested": {"k": object}}])
 def test_prisma_config_class_with_non_plain_state_is_refused(state, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    module = _fake_prisma_module(monkeypatch)
-
-    class VisionModelSAERunnerConfig:
-        def __getstate__(self):
-            return state
-
-    VisionModelSAERunnerConfig.__module__ = "vit_prisma.sae.config"
-    VisionModelSAERunnerConfig.__qualname__ = "VisionModelSAERunnerConfig"
-    module.VisionModelSAERunnerConfig = VisionModelSAERunnerConfig
-    path = tmp_path / "weights.pt"
-    torch.save({"cfg": VisionModelSAERunnerConfig(), "state_dict": load_state_dict_of_fixture()}, path)
+    path = _checkpoint_with_prisma_class(
+        tmp_path, monkeypatch, "VisionModelSAERunnerConfig", __getstate__=lambda self: state
+    )
     with pytest.raises(CheckpointFormatError, match=r"weights\.pt contains pickled objects"):
         SAE.load(path)
 
 
 def test_prisma_config_class_called_with_arguments_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    module = _fake_prisma_module(monkeypatch)
-
-    class VisionModelSAERunnerConfig:
-        def __reduce__(self):
-            return (VisionModelSAERunnerConfig, ("rm -rf /",))
-
-    VisionModelSAERunnerConfig.__module__ = "vit_prisma.sae.config"
-    VisionModelSAERunnerConfig.__qualname__ = "VisionModelSAERunnerConfig"
-    module.VisionModelSAERunnerConfig = VisionModelSAERunnerConfig
-    path = tmp_path / "weights.pt"
-    torch.save({"cfg": VisionModelSAERunnerConfig(), "state_dict": load_state_dict_of_fixture()}, path)
+    path = _checkpoint_with_prisma_class(
+        tmp_path, monkeypatch, "VisionModelSAERunnerConfig", __reduce__=lambda self: (type(self), ("rm -rf /",))
+    )
     with pytest.raises(CheckpointFormatError, match=r"weights\.pt"):
         SAE.load(path)
 

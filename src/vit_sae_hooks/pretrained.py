@@ -67,7 +67,7 @@ class PretrainedSAE:
 
     @property
     def hub_path(self) -> str:
-        """``repo_id`` plus the subfolder, as :func:`vit_sae_hooks.hub.resolve_local_or_hub` takes it."""
+        """``repo_id`` plus the subfolder, as :func:`vit_sae_hooks.hub.resolve_local_or_hub` takes it, e.g. ``"lewington/CLIP-ViT-L-scope/22_resid"``."""
         return f"{self.repo_id}/{self.subfolder}" if self.subfolder else self.repo_id
 
     def resolve(self, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:

@@ -35,7 +35,12 @@ def dtype_from_name(name: str) -> torch.dtype:
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    """The short name of a torch dtype as written to cfg.json (``torch.float32`` -> ``"float32"``)."""
+    """The short name of a torch dtype as written to cfg.json (``torch.float32`` -> ``"float32"``).
+
+    Example:
+        >>> dtype_name(torch.bfloat16)
+        'bfloat16'
+    """
     return str(dtype).removeprefix("torch.")
 
 
@@ -107,16 +112,31 @@ class SAEConfig:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        """The parameters' dtype as a ``torch.dtype``."""
+        """The parameters' dtype as a ``torch.dtype``.
+
+        Example:
+            >>> SAEConfig(d_in=8, d_sae=16, dtype="float64").torch_dtype
+            torch.float64
+        """
         return dtype_from_name(self.dtype)
 
     def to_dict(self) -> dict[str, Any]:
-        """All fields as plain JSON-ready values."""
+        """All fields as plain JSON-ready values.
+
+        Example:
+            >>> SAEConfig(d_in=8, d_sae=16).to_dict()["architecture"]
+            'standard'
+        """
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SAEConfig:
-        """A config from :meth:`to_dict` output; unknown keys are an error so typos do not pass silently."""
+        """A config from :meth:`to_dict` output; unknown keys are an error so typos do not pass silently.
+
+        Example:
+            >>> SAEConfig.from_dict({"d_in": 8, "d_sae": 16, "architecture": "topk", "k": 4}).k
+            4
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

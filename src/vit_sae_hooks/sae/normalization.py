@@ -73,6 +73,11 @@ def denormalize(y: Float[Tensor, "*batch d_in"], stats: NormStats) -> Float[Tens
 
 
 def depends_on_input(method: str) -> bool:
-    """Whether undoing ``method`` needs statistics of the particular input (not just the config)."""
+    """Whether undoing ``method`` needs statistics of the particular input (not just the config).
+
+    Example:
+        >>> depends_on_input("layer_norm")
+        True
+    """
     return method in ("layer_norm", "constant_norm_rescale")
 

@@ -76,12 +76,12 @@ class SAE(HookedRootModule):
 
     @property
     def d_in(self) -> int:
-        """Width of the activations the SAE reads."""
+        """Width of the activations the SAE reads, e.g. ``sae.d_in == 768``."""
         return self.cfg.d_in
 
     @property
     def d_sae(self) -> int:
-        """Number of latents (features)."""
+        """Number of latents (features), e.g. ``sae.d_sae == 49152``."""
         return self.cfg.d_sae
 
     @property
@@ -91,12 +91,12 @@ class SAE(HookedRootModule):
 
     @property
     def token_set(self) -> str:
-        """The tokens the SAE was trained on: ``"all"``, ``"cls"`` or ``"patches"``."""
+        """The tokens the SAE was trained on: ``"all"``, ``"cls"`` or ``"patches"``, e.g. ``sae.token_set == "cls"``."""
         return self.cfg.token_set
 
     @property
     def model_name(self) -> str | None:
-        """The base model's name (hub id), when the checkpoint records it."""
+        """The base model's hub id when known, e.g. ``"laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K"``."""
         return self.cfg.model_name
 
     def norm_stats(self, x: Float[Tensor, "*batch d_in"]) -> NormStats:

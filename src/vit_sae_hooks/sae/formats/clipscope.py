@@ -29,7 +29,12 @@ _LAYER_FOLDER = re.compile(r"^(\d+)_resid$")
 
 
 def matches(checkpoint: Any) -> bool:
-    """Whether an unpickled ``.pt`` object has clipscope's layout."""
+    """Whether an unpickled ``.pt`` object has clipscope's layout.
+
+    Example:
+        >>> matches({"k": 32, "n_features": 65536, "d_in": 1024, "model_state_dict": {}})
+        True
+    """
     return isinstance(checkpoint, dict) and "model_state_dict" in checkpoint
 
 

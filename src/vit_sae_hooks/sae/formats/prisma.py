@@ -32,7 +32,12 @@ _MODEL_NAME_PREFIXES = ("open-clip:", "open_clip:")
 
 
 def matches(checkpoint: Any) -> bool:
-    """Whether an unpickled ``.pt`` object has Prisma's layout (a state dict, with or without ``cfg``)."""
+    """Whether an unpickled ``.pt`` object has Prisma's layout (a state dict, with or without ``cfg``).
+
+    Example:
+        >>> matches({"cfg": None, "state_dict": {}})
+        True
+    """
     return isinstance(checkpoint, dict) and ("state_dict" in checkpoint or "W_enc" in checkpoint)
 
 

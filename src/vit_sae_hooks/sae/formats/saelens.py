@@ -43,7 +43,12 @@ _UNSUPPORTED_ARCHITECTURES = ("gated", "batchtopk", "matryoshka_batchtopk", "tra
 
 
 def matches(folder: Path) -> bool:
-    """Whether ``folder`` holds a SAELens-layout SAE."""
+    """Whether ``folder`` holds a SAELens-layout SAE.
+
+    Example:
+        >>> matches(Path("tests/fixtures/saelens_topk"))
+        True
+    """
     return (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
 
 

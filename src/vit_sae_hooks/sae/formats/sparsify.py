@@ -31,7 +31,12 @@ _SUBTYPE_HOOKS = {None: "hook_resid_post", "mlp": "hook_mlp_out", "self_attn": "
 
 
 def matches(folder: Path) -> bool:
-    """Whether ``folder`` holds a sparsify-layout SAE."""
+    """Whether ``folder`` holds a sparsify-layout SAE.
+
+    Example:
+        >>> matches(Path("tests/fixtures/sparsify_topk/layers.3"))
+        True
+    """
     return (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
 
 
