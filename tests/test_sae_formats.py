@@ -59,6 +59,14 @@ def test_save_then_load_is_exact(config: SAEConfig, tmp_path: Path) -> None:
         assert torch.equal(loaded(x), sae(x))
 
 
+def test_save_records_the_dtype_the_parameters_have_now(tmp_path: Path) -> None:
+    sae = random_parameters(SAE(SAEConfig(d_in=6, d_sae=10)), seed=2).to(torch.float64)
+    sae.save(tmp_path)
+    loaded = SAE.load(tmp_path)
+    assert loaded.cfg.dtype == "float64"
+    assert all(torch.equal(loaded.state_dict()[name], tensor) for name, tensor in sae.state_dict().items())
+
+
 def test_saved_config_is_saelens_6_layout(tmp_path: Path) -> None:
     sae = SAE(SAEConfig(d_in=6, d_sae=10, architecture="topk", k=3, hook_name="blocks.1.hook_resid_post", model_name="m"))
     sae.save(tmp_path)

@@ -349,7 +349,9 @@ class SAE(HookedRootModule):
             >>> folder = sae.save("my_sae")
         """
         folder = Path(path)
-        saelens.write(self.cfg, self.state_dict(), folder)
+        # The parameters may have been cast with .to(dtype) since the config was made; record what is saved.
+        config = replace(self.cfg, dtype=dtype_name(self.W_enc.dtype))
+        saelens.write(config, self.state_dict(), folder)
         return folder
 
     def extra_repr(self) -> str:
