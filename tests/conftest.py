@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,24 @@ def randomise_layer_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Mod
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def make_hub_cache(cache: Path, repo_id: str, files: dict[str, Path]) -> None:
+    """A Hugging Face cache holding ``files`` (relative path -> source) for ``repo_id``, laid out as huggingface_hub does."""
+    repo_folder = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (repo_folder / "refs").mkdir(parents=True)
+    (repo_folder / "refs" / "main").write_text(commit)
+    for relative, source in files.items():
+        target = repo_folder / "snapshots" / commit / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, target)
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hub access: huggingface_hub answers from the cache only."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import FIXTURES
+from conftest import FIXTURES, make_hub_cache
 from safetensors.torch import load_file, save_file
 
 from vit_sae_hooks import HookedViT
@@ -26,28 +26,8 @@ def clip_folder(tmp_path) -> Path:
     return tmp_path / "clip"
 
 
-def _fake_hub_cache(cache_dir: Path, repo_id: str, files: dict[str, Path]) -> None:
-    """Lay files out as huggingface_hub's cache does after a download."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    for relative, source in files.items():
-        target = repo / "snapshots" / commit / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(source, target)
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True, raising=False)
-
-
 def test_hub_id_loads_offline_from_the_cache(tmp_path, clip_folder, offline):
-    _fake_hub_cache(tmp_path / "cache", "acme/tiny-clip", {p.name: p for p in clip_folder.iterdir()})
+    make_hub_cache(tmp_path / "cache", "acme/tiny-clip", {p.name: p for p in clip_folder.iterdir()})
     from_hub = HookedViT.from_pretrained("acme/tiny-clip", cache_dir=tmp_path / "cache")
     from_path = HookedViT.from_pretrained(clip_folder)
     images = torch.randn(2, 3, 16, 16)
@@ -56,7 +36,7 @@ def test_hub_id_loads_offline_from_the_cache(tmp_path, clip_folder, offline):
 
 def test_open_clip_hub_layout_loads_offline(tmp_path, offline):
     folder = FIXTURES / "open_clip_tiny_gelu"
-    _fake_hub_cache(tmp_path / "cache", "acme/tiny-open-clip", {p.name: p for p in folder.iterdir()})
+    make_hub_cache(tmp_path / "cache", "acme/tiny-open-clip", {p.name: p for p in folder.iterdir()})
     model = HookedViT.from_pretrained("acme/tiny-open-clip", cache_dir=tmp_path / "cache")
     assert model.cfg.model_name == "acme/tiny-open-clip"
     reference = load_file(folder / "reference.safetensors")
@@ -66,7 +46,7 @@ def test_open_clip_hub_layout_loads_offline(tmp_path, offline):
 def test_hub_subfolders_resolve_offline(tmp_path, offline):
     source = tmp_path / "cfg.json"
     source.write_text("{}")
-    _fake_hub_cache(tmp_path / "cache", "acme/saes", {"layer_9/cfg.json": source})
+    make_hub_cache(tmp_path / "cache", "acme/saes", {"layer_9/cfg.json": source})
     folder = resolve_local_or_hub("acme/saes/layer_9", ["*.json"], cache_dir=tmp_path / "cache")
     assert (folder / "cfg.json").read_text() == "{}"
 

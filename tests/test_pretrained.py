@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import FIXTURES, make_hub_cache
 from safetensors.torch import load_file
 
 from vit_sae_hooks import pretrained
 from vit_sae_hooks.errors import ResolutionError
 from vit_sae_hooks.sae import SAE
 
-FIXTURES = Path(__file__).parent / "fixtures"
 PUBLISHED = FIXTURES / "published"
 
 SUITE_SIZES = {
@@ -127,26 +126,6 @@ def test_unknown_short_name_suggests_close_ones() -> None:
     with pytest.raises(ResolutionError, match="no registered SAE"):
         pretrained.lookup("clipscope/clip-l14/resid_post/23")
     assert pretrained.lookup("Prisma-Multimodal/some-other-repo") is None
-
-
-def make_hub_cache(cache: Path, repo_id: str, files: dict[str, Path]) -> None:
-    """A Hugging Face cache holding ``files`` for ``repo_id``, as huggingface_hub lays one out."""
-    repo_folder = cache / f"models--{repo_id.replace('/', '--')}"
-    commit = "0" * 40
-    (repo_folder / "refs").mkdir(parents=True)
-    (repo_folder / "refs" / "main").write_text(commit)
-    for relative, source in files.items():
-        target = repo_folder / "snapshots" / commit / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(source, target)
-
-
-@pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    import huggingface_hub
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 def test_from_pretrained_by_short_name_reads_the_hub_cache(tmp_path: Path, offline: None) -> None:
