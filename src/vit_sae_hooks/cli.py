@@ -45,15 +45,25 @@ def inspect_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``vit-sae``."""
-    parser = argparse.ArgumentParser(prog="vit-sae", description="Hooked vision transformers and sparse autoencoders.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def register_inspect(commands: argparse._SubParsersAction) -> None:
+    """Add ``vit-sae inspect``."""
     inspect = commands.add_parser("inspect", help="list a model's hooks with their shapes")
     inspect.add_argument("model", nargs="?", help="hub id or local folder (default: a tiny random model, offline)")
     inspect.add_argument("--batch", type=int, default=2)
     inspect.add_argument("--all", action="store_true", help="list the hooks of every block")
     inspect.set_defaults(run=inspect_model)
+
+
+# Each feature registers its own subcommand: a function taking the subparsers and setting ``run``.
+SUBCOMMANDS = [register_inspect]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``vit-sae``."""
+    parser = argparse.ArgumentParser(prog="vit-sae", description="Hooked vision transformers and sparse autoencoders.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for register in SUBCOMMANDS:
+        register(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 
