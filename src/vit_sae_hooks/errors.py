@@ -30,6 +30,10 @@ class ResolutionError(VitSaeHooksError, FileNotFoundError):
     """A name that is neither a local path nor a hub id available online or in the cache."""
 
 
+class DataError(VitSaeHooksError, ValueError):
+    """An image dataset, image file or label set that cannot be used as given."""
+
+
 def closest_names(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """The ``n`` candidates most similar to ``name``, best first."""
     return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
