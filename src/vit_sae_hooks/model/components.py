@@ -14,13 +14,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from vit_sae_hooks._tl import HookPoint
+from vit_sae_hooks._tl import HookPoint, has_hooks
 from vit_sae_hooks.model.config import HookedViTConfig
-
-
-def has_hooks(hook_point: HookPoint) -> bool:
-    """Whether anything (a TL hook, a cache hook or a raw torch hook) is attached to ``hook_point``."""
-    return bool(hook_point._forward_hooks or hook_point._backward_hooks)
 
 
 def activation(name: str, x: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import torch
 from jaxtyping import Float
@@ -14,8 +14,13 @@ from torch import Tensor, nn
 
 from vit_sae_hooks._tl import ActivationCache, HookedRootModule, HookPoint
 from vit_sae_hooks.errors import HookNameError, InputShapeError, unknown_hook_message
+from vit_sae_hooks.experiments import splice as splicing
+from vit_sae_hooks.experiments.splice import Splice, TokenSpec
 from vit_sae_hooks.model.components import Embed, Head, LayerNorm, Pool, TransformerBlock
 from vit_sae_hooks.model.config import HookedViTConfig
+
+if TYPE_CHECKING:
+    from vit_sae_hooks.sae import SAE
 
 ReturnType = Literal["output", "pooled", "tokens"]
 HookSpec = Union[str, Callable[[str], bool]]
@@ -50,6 +55,11 @@ class HookedViT(HookedRootModule):
         self.head = Head(cfg) if cfg.head_type != "none" else None
         self.hook_output = HookPoint()  # [batch, d_output]: image embedding or logits
         self.setup()
+        for hook_point in self.hook_dict.values():
+            # Lets interventions resolve tokens="patches" from the hook they run on.
+            hook_point.n_prefix_tokens = cfg.n_prefix_tokens
+        self.acts_to_saes: dict[str, SAE] = {}
+        self._splices: dict[str, Splice] = {}
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -213,6 +223,99 @@ class HookedViT(HookedRootModule):
         if return_cache_object:
             return output, ActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
         return output, cache_dict
+
+    # ------------------------------------------------------------------ SAEs
+    def add_sae(
+        self, sae: SAE, hook_name: str | None = None, use_error_term: bool = False, tokens: TokenSpec = None
+    ) -> None:
+        """Splice ``sae`` in at ``hook_name`` (default: the hook it was trained on) until :meth:`reset_saes`.
+
+        The hook's activation is replaced by the SAE's reconstruction on the SAE's tokens (its ``token_set``:
+        all, CLS only or patches only) or on ``tokens`` ("all", "cls", "patches", a list of positions, a
+        ``[pos]`` or ``[batch, pos]`` boolean mask); other tokens pass through unchanged. With
+        ``use_error_term`` the error ``x - sae(x)`` is added back, so the output is unchanged until a hook
+        edits features. The SAE's hooks appear as ``{hook_name}.hook_sae_acts_post`` etc.
+
+        Example:
+            >>> model.add_sae(sae)  # sae.hook_name == "blocks.9.hook_resid_post"
+            >>> _, cache = model.run_with_cache(images)
+            >>> cache["blocks.9.hook_resid_post.hook_sae_acts_post"].shape  # [batch, tokens, d_sae]
+        """
+        splicing.attach(self, sae, hook_name, use_error_term, tokens)
+
+    def reset_saes(self, hook_names_or_saes: Sequence[str | SAE] | None = None) -> None:
+        """Detach the given SAEs (or those at the given hook names; all by default).
+
+        Example:
+            >>> model.reset_saes()
+        """
+        if hook_names_or_saes is None:
+            targets = list(self.acts_to_saes)
+        else:
+            by_sae = {id(sae): name for name, sae in self.acts_to_saes.items()}
+            targets = [by_sae.get(id(item), item) if not isinstance(item, str) else item for item in hook_names_or_saes]
+        for name in targets:
+            if name not in self.acts_to_saes:
+                raise HookNameError(
+                    f"no SAE is attached at {name!r}; attached: {sorted(self.acts_to_saes) or 'none'}"
+                )
+            splicing.detach(self, name)
+
+    @contextmanager
+    def saes(self, saes: Sequence[SAE] = (), use_error_term: bool | None = None, tokens: TokenSpec = None):
+        """Attach ``saes`` for the duration of a ``with`` block; on exit (even by an exception) they are removed.
+
+        ``use_error_term=None`` keeps each SAE's own ``use_error_term`` setting.
+
+        Example:
+            >>> with model.saes([sae], use_error_term=True):
+            ...     logits = model(images)
+        """
+        attached: list[tuple[str, SAE]] = []
+        try:
+            for sae in saes:
+                error_term = sae.use_error_term if use_error_term is None else use_error_term
+                self.add_sae(sae, use_error_term=error_term, tokens=tokens)
+                attached.append((sae.hook_name, sae))
+            yield self
+        finally:
+            # Only what this block attached, and only if the block did not already detach it itself.
+            self.reset_saes([name for name, sae in attached if self.acts_to_saes.get(name) is sae])
+
+    def run_with_saes(
+        self,
+        *model_args: Any,
+        saes: Sequence[SAE] = (),
+        use_error_term: bool | None = None,
+        tokens: TokenSpec = None,
+        fwd_hooks: Sequence = (),
+        **model_kwargs: Any,
+    ) -> Tensor | None:
+        """Run the model with ``saes`` spliced in (and optional ``fwd_hooks``), then detach them.
+
+        Example:
+            >>> acts = "blocks.9.hook_resid_post.hook_sae_acts_post"
+            >>> logits = model.run_with_saes(images, saes=[sae], use_error_term=True,
+            ...                              fwd_hooks=[(acts, ablate_features([123]))])
+        """
+        with self.saes(saes, use_error_term=use_error_term, tokens=tokens):
+            return self.run_with_hooks(*model_args, fwd_hooks=list(fwd_hooks), **model_kwargs)
+
+    def run_with_cache_with_saes(
+        self,
+        *model_args: Any,
+        saes: Sequence[SAE] = (),
+        use_error_term: bool | None = None,
+        tokens: TokenSpec = None,
+        **kwargs: Any,
+    ) -> tuple[Any, ActivationCache]:
+        """:meth:`run_with_cache` with ``saes`` spliced in; the cache includes the SAEs' hooks.
+
+        Example:
+            >>> _, cache = model.run_with_cache_with_saes(images, saes=[sae])
+        """
+        with self.saes(saes, use_error_term=use_error_term, tokens=tokens):
+            return self.run_with_cache(*model_args, **kwargs)
 
     # ------------------------------------------------------------------ TransformerLens-style weights
     @property

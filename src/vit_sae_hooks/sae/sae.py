@@ -12,17 +12,12 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from vit_sae_hooks import kernels
-from vit_sae_hooks._tl import HookedRootModule, HookPoint
+from vit_sae_hooks._tl import HookedRootModule, HookPoint, has_hooks
 from vit_sae_hooks.errors import ConfigError, InputShapeError
 from vit_sae_hooks.sae.config import SAEConfig, dtype_name
 from vit_sae_hooks.sae.formats import read_checkpoint, saelens
 from vit_sae_hooks.sae.formats._io import checked_checkpoint
 from vit_sae_hooks.sae.normalization import IDENTITY, NormStats, denormalize, depends_on_input, normalize
-
-
-def _has_hooks(hook_point: HookPoint) -> bool:
-    # Counts TransformerLens hooks and plain torch forward hooks alike (both land in _forward_hooks).
-    return bool(hook_point._forward_hooks or hook_point._forward_pre_hooks)
 
 
 class SAE(HookedRootModule):
@@ -188,7 +183,7 @@ class SAE(HookedRootModule):
     def _reconstruct(self, x: Tensor, run_hooks: bool) -> Tensor:
         sae_in, stats = self._prepare_input(x, run_hooks)
         sparse = self.cfg.architecture == "topk" and not (
-            run_hooks and (_has_hooks(self.hook_sae_acts_pre) or _has_hooks(self.hook_sae_acts_post))
+            run_hooks and (has_hooks(self.hook_sae_acts_pre) or has_hooks(self.hook_sae_acts_post))
         )
         if sparse:
             recon = self._sparse_decode(*self._sparse_code(sae_in), run_hooks=run_hooks)
@@ -206,7 +201,7 @@ class SAE(HookedRootModule):
 
     def _hooks_change_reconstruction(self) -> bool:
         inner = (self.hook_sae_input, self.hook_sae_acts_pre, self.hook_sae_acts_post, self.hook_sae_recons)
-        return any(_has_hooks(hook_point) for hook_point in inner)
+        return any(has_hooks(hook_point) for hook_point in inner)
 
     def _prepare_input(self, x: Tensor, run_hooks: bool) -> tuple[Tensor, NormStats]:
         self._check_last_dim(x, self.cfg.d_in, "input")
@@ -219,7 +214,7 @@ class SAE(HookedRootModule):
         return sae_in, stats
 
     def _activations(self, sae_in: Tensor, run_hooks: bool) -> Tensor:
-        if self.cfg.architecture == "topk" and not (run_hooks and _has_hooks(self.hook_sae_acts_pre)):
+        if self.cfg.architecture == "topk" and not (run_hooks and has_hooks(self.hook_sae_acts_pre)):
             values, indices = self._sparse_code(sae_in)
             acts = torch.zeros(*sae_in.shape[:-1], self.cfg.d_sae, dtype=values.dtype, device=values.device)
             acts = acts.scatter(-1, indices, values)

@@ -1,0 +1,1 @@
+"""Experiments on a HookedViT with SAEs: splicing, feature interventions and patching."""

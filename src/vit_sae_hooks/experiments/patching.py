@@ -1,0 +1,324 @@
+"""Activation patching, attribution patching over SAE features, and feature ablation sweeps for images.
+
+Every function takes a ``metric``: a function of the model output ``[batch, d_out]`` returning a scalar
+tensor (e.g. the mean logit difference). Patching runs start at the patched block (``start_at_layer``) from
+the cached residual stream and batch many patches into one forward pass, so a sweep costs a fraction of the
+naive loop. The number of positions comes from the activations themselves (TransformerLens's
+``get_act_patch_*`` read it from the input's last dimension, which for images is the width).
+
+Example:
+    >>> logit_diff = lambda out: (out[:, 3] - out[:, 5]).mean()
+    >>> effects = patching.resid(model, clean_images, corrupted_images, logit_diff)  # [n_layers, n_pos]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from vit_sae_hooks.errors import ConfigError, HookNameError, InputShapeError
+from vit_sae_hooks.experiments.interventions import ablate_features
+from vit_sae_hooks.experiments.splice import TokenSpec, resolve_positions
+
+Metric = Callable[[Tensor], Tensor]
+
+PER_POSITION_ACTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+PER_HEAD_ACTS = ("z", "q", "k", "v")
+
+
+def _check_pair(clean: Tensor, corrupted: Tensor) -> None:
+    if clean.shape != corrupted.shape:
+        raise InputShapeError(
+            f"clean images {tuple(clean.shape)} and corrupted images {tuple(corrupted.shape)} must have the same shape"
+        )
+
+
+def _metrics_per_variant(outputs: Tensor, n_variants: int, metric: Metric) -> Tensor:
+    per_variant = outputs.unflatten(0, (n_variants, -1))
+    return torch.stack([torch.as_tensor(metric(out)).reshape(()) for out in per_variant])
+
+
+def _patch_sweep(
+    model,
+    clean: Tensor,
+    corrupted: Tensor,
+    metric: Metric,
+    hook: str,
+    layers: Sequence[int] | None,
+    n_variants_of: Callable[[Tensor], int],
+    patch: Callable[[Tensor, Tensor, Tensor], Tensor],
+    max_batch: int,
+) -> Tensor:
+    """Shared engine: for each layer, every variant patches part of ``blocks.L.{hook}`` from the clean run."""
+    _check_pair(clean, corrupted)
+    n_layers = model.cfg.n_layers
+    layers = list(range(n_layers)) if layers is None else [layer % n_layers for layer in layers]
+    names = [f"blocks.{layer}.{hook}" for layer in layers]
+    starts = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean, names_filter=names)
+        _, corrupted_cache = model.run_with_cache(corrupted, names_filter=starts)
+    rows = []
+    batch = clean.shape[0]
+    for layer, name, start in zip(layers, names, starts):
+        clean_act = clean_cache[name]
+        n_variants = n_variants_of(clean_act)
+        chunk = max(1, max_batch // batch)
+        results = []
+        for first in range(0, n_variants, chunk):
+            variant_ids = torch.arange(first, min(first + chunk, n_variants))
+            resid = corrupted_cache[start].repeat(len(variant_ids), 1, 1)
+
+            def patch_hook(activation, hook, variant_ids=variant_ids):
+                grouped = activation.unflatten(0, (len(variant_ids), batch))
+                return patch(grouped, clean_act, variant_ids).flatten(0, 1)
+
+            with torch.no_grad():
+                outputs = model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=[(name, patch_hook)])
+            results.append(_metrics_per_variant(outputs, len(variant_ids), metric))
+        rows.append(torch.cat(results))
+    return torch.stack(rows)
+
+
+def per_position(
+    model,
+    clean_images: Float[Tensor, "batch channels height width"],
+    corrupted_images: Float[Tensor, "batch channels height width"],
+    metric: Metric,
+    act: str = "resid_pre",
+    layers: Sequence[int] | None = None,
+    max_batch: int = 256,
+) -> Float[Tensor, "n_layers n_pos"]:
+    """The metric on the corrupted images when one (layer, token) activation is patched from the clean images.
+
+    ``act`` is one of ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out``.
+
+    Example:
+        >>> effects = per_position(model, clean, corrupted, metric, act="mlp_out")  # [n_layers, pos]
+    """
+    if act not in PER_POSITION_ACTS:
+        raise ConfigError(f"act={act!r} is not one of {PER_POSITION_ACTS}")
+
+    def patch(grouped: Tensor, clean_act: Tensor, variant_ids: Tensor) -> Tensor:
+        one_hot = torch.nn.functional.one_hot(variant_ids, clean_act.shape[1]).bool()  # [variants, pos]
+        return torch.where(one_hot[:, None, :, None], clean_act[None], grouped)
+
+    return _patch_sweep(
+        model, clean_images, corrupted_images, metric, f"hook_{act}", layers, lambda a: a.shape[1], patch, max_batch
+    )
+
+
+def resid(model, clean_images: Tensor, corrupted_images: Tensor, metric: Metric, **kwargs) -> Float[Tensor, "n_layers n_pos"]:
+    """Residual-stream patching over (layer × token): :func:`per_position` with ``act="resid_pre"``.
+
+    Example:
+        >>> effects = resid(model, clean, corrupted, metric)
+    """
+    return per_position(model, clean_images, corrupted_images, metric, act="resid_pre", **kwargs)
+
+
+def heads(
+    model,
+    clean_images: Float[Tensor, "batch channels height width"],
+    corrupted_images: Float[Tensor, "batch channels height width"],
+    metric: Metric,
+    act: str = "z",
+    layers: Sequence[int] | None = None,
+    max_batch: int = 256,
+) -> Float[Tensor, "n_layers n_heads"]:
+    """The metric on the corrupted images when one head's ``act`` (``z``, ``q``, ``k``, ``v``) is patched at every token.
+
+    Example:
+        >>> effects = heads(model, clean, corrupted, metric)  # [n_layers, n_heads]
+    """
+    if act not in PER_HEAD_ACTS:
+        raise ConfigError(f"act={act!r} is not one of {PER_HEAD_ACTS}")
+
+    def patch(grouped: Tensor, clean_act: Tensor, variant_ids: Tensor) -> Tensor:
+        one_hot = torch.nn.functional.one_hot(variant_ids, clean_act.shape[2]).bool()  # [variants, head]
+        return torch.where(one_hot[:, None, None, :, None], clean_act[None], grouped)
+
+    return _patch_sweep(
+        model, clean_images, corrupted_images, metric, f"attn.hook_{act}", layers, lambda a: a.shape[2], patch,
+        max_batch,
+    )
+
+
+@dataclass
+class FeatureAttribution:
+    """Attribution-patching scores of SAE features: ``(clean - corrupted activation) * d metric / d activation``.
+
+    ``scores`` is ``[batch, rows, d_sae]``, where row ``i`` is model position ``positions[i]`` (the tokens
+    the SAE is spliced on).
+    """
+
+    scores: Float[Tensor, "batch rows d_sae"]
+    positions: Int[Tensor, " rows"]
+    clean_acts: Float[Tensor, "batch rows d_sae"]
+    corrupted_acts: Float[Tensor, "batch rows d_sae"]
+
+    def top(self, k: int = 10) -> list[tuple[int, int, float]]:
+        """The ``k`` (position, feature, total score over the batch) triples with the largest absolute score."""
+        total = self.scores.sum(0)
+        flat = total.flatten().abs().topk(min(k, total.numel())).indices
+        return [
+            (int(self.positions[i // total.shape[1]]), int(i % total.shape[1]), float(total.flatten()[i]))
+            for i in flat
+        ]
+
+
+def feature_attribution(
+    model,
+    sae,
+    clean_images: Float[Tensor, "batch channels height width"],
+    corrupted_images: Float[Tensor, "batch channels height width"],
+    metric: Metric,
+    hook_name: str | None = None,
+    tokens: TokenSpec = None,
+) -> FeatureAttribution:
+    """Attribution patching over every feature at every token: one clean forward, one corrupted forward and backward.
+
+    The SAE is spliced with the error term, so the corrupted run is the model's own; the gradient is taken with
+    respect to the feature activations only (no parameter gradients are accumulated).
+
+    Example:
+        >>> attribution = feature_attribution(model, sae, clean, corrupted, metric)
+        >>> attribution.top(5)  # [(position, feature, score), ...]
+    """
+    _check_pair(clean_images, corrupted_images)
+    hook_name = hook_name or sae.hook_name
+    acts_name = f"{hook_name}.hook_sae_acts_post"
+    captured: dict[str, Tensor] = {}
+
+    def capture_leaf(acts: Tensor, hook) -> Tensor:
+        leaf = acts.detach().requires_grad_(True)
+        captured["acts"], captured["positions"] = leaf, hook.ctx["positions"]
+        return leaf
+
+    with _spliced(model, sae, hook_name, tokens):
+        with torch.no_grad():
+            _, cache = model.run_with_cache(clean_images, names_filter=[acts_name])
+        with torch.enable_grad():
+            value = torch.as_tensor(metric(model.run_with_hooks(corrupted_images, fwd_hooks=[(acts_name, capture_leaf)])))
+            if value.numel() != 1:
+                raise ConfigError(f"metric must return a scalar, got shape {tuple(value.shape)}")
+            (gradient,) = torch.autograd.grad(value.reshape(()), [captured["acts"]])
+    clean_acts, corrupted_acts = cache[acts_name], captured["acts"].detach()
+    return FeatureAttribution(
+        scores=(clean_acts - corrupted_acts) * gradient,
+        positions=captured["positions"],
+        clean_acts=clean_acts,
+        corrupted_acts=corrupted_acts,
+    )
+
+
+@contextmanager
+def _spliced(model, sae, hook_name: str, tokens: TokenSpec):
+    """``sae`` attached with the error term at ``hook_name`` (which may differ from the SAE's own) for a block."""
+    model.add_sae(sae, hook_name=hook_name, use_error_term=True, tokens=tokens)
+    try:
+        yield model
+    finally:
+        if model.acts_to_saes.get(hook_name) is sae:
+            model.reset_saes([hook_name])
+
+
+def _block_boundary(model, hook_name: str) -> tuple[str, int] | None:
+    """For hooks whose edits only add to the residual stream at a block boundary: (boundary hook, start layer)."""
+    parts = hook_name.split(".")
+    if len(parts) != 3 or parts[0] != "blocks":
+        return None
+    layer, leaf = int(parts[1]), parts[2]
+    if leaf == "hook_resid_pre":
+        return hook_name, layer
+    if leaf in ("hook_resid_post", "hook_mlp_out"):
+        # resid_post = resid_mid + mlp_out, so an edit of either lands unchanged on the next block's input.
+        return f"blocks.{layer}.hook_resid_post", layer + 1
+    return None
+
+
+def ablation_sweep(
+    model,
+    sae,
+    images: Float[Tensor, "batch channels height width"],
+    features: Sequence[int],
+    metric: Metric,
+    hook_name: str | None = None,
+    tokens: TokenSpec = None,
+    method: str = "auto",
+    max_batch: int = 256,
+) -> Float[Tensor, " n_features"]:
+    """How much ``metric`` changes when each feature is zero-ablated alone (ablated minus clean).
+
+    With the error term spliced, ablating feature ``f`` changes the hook's output by exactly
+    ``-a_f · W_dec[f]`` (de-normalised) on the SAE's tokens, so the fast method encodes once and then runs
+    only the layers after the hook, batched over features. It applies to ``resid_pre``, ``resid_post`` and
+    ``mlp_out`` hooks; ``method="naive"`` (one spliced forward per feature) works at any hook.
+
+    Example:
+        >>> effects = ablation_sweep(model, sae, images, features=top_features, metric=metric)  # [64]
+    """
+    hook_name = hook_name or sae.hook_name
+    model.check_hook_name(hook_name)
+    features = [int(f) for f in features]
+    if not features:
+        raise ConfigError("features is empty; pass the feature indices to ablate")
+    if method not in ("auto", "fast", "naive"):
+        raise ConfigError(f"method={method!r} is not one of 'auto', 'fast', 'naive'")
+    boundary = _block_boundary(model, hook_name)
+    if method == "fast" and boundary is None:
+        raise HookNameError(
+            f"the fast sweep needs a resid_pre, resid_post or mlp_out hook, not {hook_name!r}; use method='naive'"
+        )
+    tokens = sae.token_set if tokens is None else tokens
+    with torch.no_grad():
+        clean_output = model(images)
+        baseline = torch.as_tensor(metric(clean_output)).reshape(())
+        if method == "naive" or boundary is None:
+            return _naive_sweep(model, sae, images, features, metric, hook_name, tokens) - baseline
+        return _fast_sweep(model, sae, images, features, metric, hook_name, tokens, boundary, max_batch) - baseline
+
+
+def _naive_sweep(model, sae, images, features, metric, hook_name, tokens) -> Tensor:
+    acts_name = f"{hook_name}.hook_sae_acts_post"
+    values = []
+    with _spliced(model, sae, hook_name, tokens):
+        for feature in features:
+            output = model.run_with_hooks(images, fwd_hooks=[(acts_name, ablate_features([feature]))])
+            values.append(torch.as_tensor(metric(output)).reshape(()))
+    return torch.stack(values)
+
+
+def _fast_sweep(model, sae, images, features, metric, hook_name, tokens, boundary, max_batch) -> Tensor:
+    boundary_name, start_layer = boundary
+    _, cache = model.run_with_cache(images, names_filter=list({hook_name, boundary_name}))
+    x, base = cache[hook_name], cache[boundary_name]
+    batch, n_pos, _ = x.shape
+    where = resolve_positions(tokens, n_pos, model.cfg.n_prefix_tokens, model.cfg.has_cls_token)
+    selected = torch.zeros(batch, n_pos, dtype=torch.bool, device=x.device)
+    if isinstance(where, Tensor) and where.dtype == torch.bool:
+        selected |= where.to(x.device)
+    else:
+        selected[:, where] = True
+    # Encode every token; only the selected ones are ablated (a [batch, pos] mask splices the same way).
+    feature_ids = torch.tensor(features, device=x.device)
+    acts = sae.encode(x)[..., feature_ids]  # [batch, pos, n_features]
+    stats = sae.norm_stats(x)
+    directions = sae.W_dec[feature_ids].to(x.dtype)  # [n_features, d_in]
+    scale = stats.scale if stats.scale is not None else 1.0
+    acts = acts * selected[..., None]
+    results = []
+    chunk = max(1, max_batch // batch)
+    for first in range(0, len(features), chunk):
+        ids = slice(first, first + chunk)
+        # delta[f, b, p] = -a_f(b, p) * W_dec[f] * scale(b, p)
+        delta = -acts[..., ids].permute(2, 0, 1)[..., None] * directions[ids][:, None, None, :] * scale
+        resid = (base[None] + delta).flatten(0, 1)
+        outputs = model(resid, start_at_layer=start_layer)
+        results.append(_metrics_per_variant(outputs, delta.shape[0], metric))
+    return torch.cat(results)
