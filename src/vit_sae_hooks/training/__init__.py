@@ -1,0 +1,27 @@
+"""Training SAEs on any hook of a HookedViT: activation sources, an on-disk cache, the trainer and its CLI.
+
+Example:
+    >>> from vit_sae_hooks.training import ImageActivations, TrainConfig, train_sae
+    >>> sae = train_sae(ImageActivations(model, "blocks.9.hook_resid_post", images), TrainConfig(k=32), out="runs/l9")
+"""
+
+from vit_sae_hooks.training.activations import (
+    BlockStream,
+    ImageActivations,
+    TensorActivations,
+    hook_activations,
+    select_tokens,
+)
+from vit_sae_hooks.training.config import TrainConfig
+from vit_sae_hooks.training.trainer import geometric_median, train_sae
+
+__all__ = [
+    "BlockStream",
+    "ImageActivations",
+    "TensorActivations",
+    "TrainConfig",
+    "geometric_median",
+    "hook_activations",
+    "select_tokens",
+    "train_sae",
+]

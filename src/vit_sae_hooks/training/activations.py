@@ -1,0 +1,362 @@
+"""Activations to train on: one hook of a HookedViT over images, or a tensor, served as shuffled token batches.
+
+Every source cuts its data into *blocks* (a buffer's worth of images, or of rows) and shuffles the tokens
+of each block with a generator seeded by ``(seed, shard, block)``; a :class:`BlockStream` serves fixed-size
+batches from consecutive blocks. A stream's position is just ``(block, offset)``, so a resumed run
+recomputes one block and continues with exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from vit_sae_hooks.errors import ConfigError, DataError, InputShapeError
+from vit_sae_hooks.sae.config import TOKEN_SETS
+
+if TYPE_CHECKING:
+    from vit_sae_hooks.model import HookedViT
+
+_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
+# Hooks computed before the first block: a run with stop_at_layer=0 reaches them.
+_EMBEDDING_HOOKS = ("hook_embed", "hook_pos_embed", "hook_full_embed", "ln_pre.")
+
+
+def seeded_generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded from ``keys`` (e.g. seed, shard, block), independent of any global RNG.
+
+    Example:
+        >>> permutation = torch.randperm(10, generator=seeded_generator(0, 1, 2))
+    """
+    digest = hashlib.sha256(repr(tuple(int(key) for key in keys)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def stop_layer(hook_name: str) -> int | None:
+    """The ``stop_at_layer`` that still computes ``hook_name`` (None: the whole model is needed).
+
+    Example:
+        >>> stop_layer("blocks.9.hook_resid_post")
+        10
+    """
+    match = _BLOCK_HOOK.match(hook_name)
+    if match:
+        return int(match.group(1)) + 1
+    if hook_name.startswith(_EMBEDDING_HOOKS):
+        return 0
+    return None
+
+
+def select_tokens(
+    activations: Float[Tensor, "batch pos d"] | Float[Tensor, "batch d"], token_set: str, n_prefix_tokens: int,
+    has_cls_token: bool = True, hook_name: str = "the hook",
+) -> Float[Tensor, "tokens d"]:
+    """The rows of one hook's activations that belong to ``token_set`` (``all``, ``cls`` or ``patches``).
+
+    Example:
+        >>> select_tokens(torch.randn(2, 50, 768), "patches", n_prefix_tokens=1).shape
+        torch.Size([98, 768])
+    """
+    if token_set not in TOKEN_SETS:
+        raise ConfigError(f"token set {token_set!r} is not one of {TOKEN_SETS}.")
+    if activations.ndim == 2:
+        if token_set != "all":
+            raise ConfigError(
+                f"{hook_name} has one vector per image (shape {tuple(activations.shape)}), so token set "
+                f"{token_set!r} does not apply; use token set 'all'."
+            )
+        return activations
+    if activations.ndim != 3:
+        raise InputShapeError(
+            f"{hook_name} has shape {tuple(activations.shape)}; an SAE trains on [batch, pos, d] or [batch, d] "
+            "activations. Pick a hook such as 'blocks.L.hook_resid_post', 'blocks.L.hook_mlp_out' or 'blocks.L.mlp.hook_post'."
+        )
+    if token_set == "cls":
+        if not has_cls_token:
+            raise ConfigError("token set 'cls' needs a model with a CLS token; this one has none. Use 'all' or 'patches'.")
+        return activations[:, 0]
+    if token_set == "patches":
+        activations = activations[:, n_prefix_tokens:]
+    return activations.reshape(-1, activations.shape[-1])
+
+
+def hook_activations(
+    model: HookedViT, images: Float[Tensor, "batch channels height width"], hook_name: str, token_set: str = "all",
+    autocast: bool = True,
+) -> Float[Tensor, "tokens d"]:
+    """The chosen tokens of ``hook_name`` on ``images``, running the model only as far as that hook.
+
+    Example:
+        >>> acts = hook_activations(model, images, "blocks.9.hook_resid_post", "patches")  # [batch * 49, 768]
+    """
+    model.check_hook_name(hook_name)
+    captured: list[Tensor] = []
+
+    def capture(activation: Tensor, hook: Any) -> None:
+        captured.append(activation)
+
+    stop = stop_layer(hook_name)
+    use_autocast = autocast and images.is_cuda
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
+        with model.hooks(fwd_hooks=[(hook_name, capture)]):
+            if stop is None:
+                model(images, return_type=None)
+            else:
+                model(images, stop_at_layer=stop)
+    cfg = model.cfg
+    selected = select_tokens(captured[0], token_set, cfg.n_prefix_tokens, cfg.has_cls_token, repr(hook_name))
+    return selected.float()
+
+
+class TokenStream(Protocol):
+    """A resumable source of token batches: ``next_batch(n)``, plus ``state_dict`` / ``load_state_dict``."""
+
+    def next_batch(self, n_tokens: int) -> Float[Tensor, "n_tokens d"]: ...
+
+    def state_dict(self) -> dict[str, int]: ...
+
+    def load_state_dict(self, state: dict[str, int]) -> None: ...
+
+
+class ActivationData(Protocol):
+    """What the trainer trains on: a width, provenance, and one :class:`TokenStream` per data shard."""
+
+    d_in: int
+    hook_name: str | None
+    token_set: str
+    model_name: str | None
+
+    def stream(self, shard: int, n_shards: int, seed: int) -> TokenStream: ...
+
+
+class BlockStream:
+    """Batches cut from consecutive shuffled blocks ``blocks(0), blocks(1), ...``; position ``(block, offset)``.
+
+    Example:
+        >>> stream = BlockStream(lambda index: torch.randn(1000, 64)); batch = stream.next_batch(4096)
+    """
+
+    def __init__(self, blocks: Callable[[int], Float[Tensor, "tokens d"]]) -> None:
+        self._blocks = blocks
+        self._index = 0
+        self._offset = 0
+        self._block: Tensor | None = None
+
+    def next_batch(self, n_tokens: int) -> Float[Tensor, "n_tokens d"]:
+        """The next ``n_tokens`` token activations, continuing into the following blocks as needed.
+
+        Example:
+            >>> batch = stream.next_batch(4096)  # [4096, d]
+        """
+        parts = []
+        needed = n_tokens
+        while needed > 0:
+            if self._block is None:
+                self._block = self._blocks(self._index)
+                if len(self._block) == 0:
+                    raise DataError(f"data block {self._index} holds no tokens; check that the images yield tokens.")
+            part = self._block[self._offset : self._offset + needed]
+            parts.append(part)
+            self._offset += len(part)
+            needed -= len(part)
+            if self._offset >= len(self._block):
+                self._index, self._offset, self._block = self._index + 1, 0, None
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def state_dict(self) -> dict[str, int]:
+        """The stream's position, e.g. ``{"block": 3, "offset": 512}``."""
+        return {"block": self._index, "offset": self._offset}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a position returned by :meth:`state_dict` (the block is recomputed on demand).
+
+        Example:
+            >>> stream.load_state_dict({"block": 3, "offset": 512})
+        """
+        self._index, self._offset, self._block = int(state["block"]), int(state["offset"]), None
+
+
+def shuffled(tokens: Float[Tensor, "tokens d"], *keys: int) -> Float[Tensor, "tokens d"]:
+    """``tokens`` in an order fixed by ``keys``, so the same block always shuffles the same way.
+
+    Example:
+        >>> mixed = shuffled(block, seed, shard, index)
+    """
+    return tokens[torch.randperm(len(tokens), generator=seeded_generator(*keys)).to(tokens.device)]
+
+
+class TensorActivations:
+    """Activations already in memory, ``[tokens, d_in]``, as training data (synthetic data, tests, small sets).
+
+    Shard ``s`` of ``n`` holds rows ``s, s + n, ...``; each epoch visits them in a fresh order, ``block_tokens``
+    at a time.
+
+    Example:
+        >>> data = TensorActivations(torch.randn(100_000, 768), hook_name="blocks.9.hook_resid_post")
+    """
+
+    def __init__(
+        self, activations: Float[Tensor, "tokens d_in"], hook_name: str | None = None, token_set: str = "all",
+        model_name: str | None = None, block_tokens: int = 65536,
+    ) -> None:
+        if not isinstance(activations, Tensor) or activations.ndim != 2 or not activations.is_floating_point():
+            shape = tuple(activations.shape) if isinstance(activations, Tensor) else type(activations).__name__
+            raise InputShapeError(f"activations must be a float tensor [tokens, d_in], got {shape}.")
+        self.activations = activations
+        self.d_in = activations.shape[1]
+        self.hook_name = hook_name
+        self.token_set = token_set
+        self.model_name = model_name
+        self.block_tokens = block_tokens
+
+    def stream(self, shard: int, n_shards: int, seed: int) -> BlockStream:
+        """The batches of shard ``shard`` of ``n_shards``, ordered by ``seed``.
+
+        Example:
+            >>> batch = data.stream(0, 1, seed=0).next_batch(4096)
+        """
+        rows = torch.arange(shard, len(self.activations), n_shards)
+        if len(rows) == 0:
+            raise DataError(f"shard {shard} of {n_shards} is empty: only {len(self.activations)} rows; use fewer shards.")
+        blocks_per_epoch = -(-len(rows) // self.block_tokens)
+
+        def block(index: int) -> Tensor:
+            epoch, position = divmod(index, blocks_per_epoch)
+            order = rows[torch.randperm(len(rows), generator=seeded_generator(seed, shard, epoch))]
+            return self.activations[order[position * self.block_tokens : (position + 1) * self.block_tokens]]
+
+        return BlockStream(block)
+
+
+class ImageActivations:
+    """One hook's activations on a set of images, computed a buffer of ``images_per_block`` images at a time.
+
+    ``images`` is a sequence (``len`` and indexing, e.g. :class:`~vit_sae_hooks.data.ImageFolder`) whose items
+    are ``[C, H, W]`` tensors or ``(tensor, label)`` pairs, or any re-iterable of such items. Shard ``s`` of
+    ``n`` gets images ``s, s + n, ...``; a sequence is visited in a fresh order each epoch, an iterable in its
+    own order. The tokens of each buffer are shuffled together, so a batch mixes many images.
+
+    Example:
+        >>> data = ImageActivations(model, "blocks.9.hook_resid_post", ImageFolder("imgs", preprocess_for(model)))
+    """
+
+    def __init__(
+        self, model: HookedViT, hook_name: str, images: Sequence[Any] | Iterable[Any], token_set: str = "all",
+        images_per_block: int = 256, batch_size: int = 64, num_workers: int = 0, autocast: bool = True,
+    ) -> None:
+        model.check_hook_name(hook_name)
+        self.model = model
+        self.images = images
+        self.hook_name = hook_name
+        self.token_set = token_set
+        self.model_name = model.cfg.model_name
+        self.images_per_block = images_per_block
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.autocast = autocast
+        self.device = next(model.parameters()).device
+        self.d_in = self._probe_width()
+
+    def _probe_width(self) -> int:
+        cfg = self.model.cfg
+        probe = torch.zeros(1, cfg.n_channels, *cfg.image_size, device=self.device)
+        return hook_activations(self.model, probe, self.hook_name, self.token_set, self.autocast).shape[-1]
+
+    def activations(self, images: Iterable[Any]) -> Float[Tensor, "tokens d_in"]:
+        """The chosen tokens of the hook on ``images`` (items as in the constructor), batch by batch.
+
+        Example:
+            >>> acts = data.activations([dataset[0], dataset[1]])
+        """
+        loader = torch.utils.data.DataLoader(
+            images if is_indexable(images) else list(images),
+            batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=_stack_images,
+        )
+        parts = [
+            hook_activations(self.model, batch.to(self.device), self.hook_name, self.token_set, self.autocast)
+            for batch in loader
+        ]
+        return torch.cat(parts) if parts else torch.empty(0, self.d_in, device=self.device)
+
+    def stream(self, shard: int, n_shards: int, seed: int) -> BlockStream:
+        """The batches of image shard ``shard`` of ``n_shards``, ordered by ``seed``.
+
+        Example:
+            >>> batch = data.stream(rank, world_size, seed=0).next_batch(4096)
+        """
+        if is_indexable(self.images):
+            block_images = self._sequence_blocks(shard, n_shards, seed)
+        else:
+            block_images = self._iterable_blocks(shard, n_shards)
+        return BlockStream(lambda index: shuffled(self.activations(block_images(index)), seed, shard, index))
+
+    def _sequence_blocks(self, shard: int, n_shards: int, seed: int) -> Callable[[int], Iterable[Any]]:
+        images = self.images
+        indices = torch.arange(shard, len(images), n_shards)
+        if len(indices) == 0:
+            raise DataError(f"image shard {shard} of {n_shards} is empty: only {len(images)} images; use fewer shards.")
+        blocks_per_epoch = -(-len(indices) // self.images_per_block)
+
+        def block_images(index: int) -> Iterable[Any]:
+            epoch, position = divmod(index, blocks_per_epoch)
+            order = indices[torch.randperm(len(indices), generator=seeded_generator(seed, shard, epoch))]
+            chosen = order[position * self.images_per_block : (position + 1) * self.images_per_block]
+            return torch.utils.data.Subset(images, chosen.tolist())
+
+        return block_images
+
+    def _iterable_blocks(self, shard: int, n_shards: int) -> Callable[[int], Iterable[Any]]:
+        state: dict[str, Any] = {"next": 0, "items": None}
+
+        def block_images(index: int) -> list[Any]:
+            # An iterable cannot seek: restart it and skip earlier blocks' images without running the model.
+            if state["items"] is None or state["next"] != index:
+                state["items"] = _endless_shard(self.images, shard, n_shards)
+                for _ in range(index * self.images_per_block):
+                    next(state["items"])
+            state["next"] = index + 1
+            return [next(state["items"]) for _ in range(self.images_per_block)]
+
+        return block_images
+
+
+def is_indexable(items: Any) -> bool:
+    """Whether ``items`` has ``len`` and integer indexing (a list, a torch ``Dataset`` such as ``ImageFolder``).
+
+    Example:
+        >>> is_indexable([1, 2]), is_indexable(iter([1, 2]))
+        (True, False)
+    """
+    return hasattr(items, "__len__") and hasattr(items, "__getitem__")
+
+
+def _endless_shard(images: Iterable[Any], shard: int, n_shards: int) -> Iterator[Any]:
+    while True:
+        seen = 0
+        for position, item in enumerate(images):
+            if position % n_shards == shard:
+                seen += 1
+                yield item
+        if seen == 0:
+            raise DataError(
+                f"the images gave shard {shard} of {n_shards} nothing (an exhausted iterator?); pass a re-iterable "
+                "such as a list or an ImageFolder, with at least as many images as shards."
+            )
+
+
+def _stack_images(items: list[Any]) -> Float[Tensor, "batch channels height width"]:
+    images = [item[0] if isinstance(item, (tuple, list)) else item for item in items]
+    if not all(isinstance(image, Tensor) and image.ndim == 3 for image in images):
+        found = next(image for image in images if not (isinstance(image, Tensor) and image.ndim == 3))
+        described = tuple(found.shape) if isinstance(found, Tensor) else type(found).__name__
+        raise InputShapeError(
+            f"each image must be a preprocessed [C, H, W] tensor (or a (tensor, label) pair), got {described}; "
+            "pass a dataset with transform=preprocess_for(model)."
+        )
+    return torch.stack(images)
