@@ -1,0 +1,448 @@
+"""``evaluate``: the published SAE metrics for any SAE on any HookedViT over an image dataset, in one pass.
+
+Per batch the model runs once clean (caching only the SAE's hook and the residual stream entering the hook's
+block), the SAE runs once on the cached activations, and the two interventions (reconstruction spliced in,
+activation zeroed) each re-run only the blocks from the hook's block on, starting from that cached residual.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from vit_sae_hooks.errors import ConfigError, DataError, InputShapeError
+from vit_sae_hooks.evals.heads import head_for
+from vit_sae_hooks.evals.metrics import DownstreamStats, ReconstructionStats
+from vit_sae_hooks.experiments.splice import resolve_positions
+
+if TYPE_CHECKING:
+    from vit_sae_hooks.model import HookedViT
+    from vit_sae_hooks.sae import SAE
+
+# (result key, published column name, format): the Prisma tables' ten columns, then CLIP-Scope's four.
+PRISMA_COLUMNS = (
+    ("explained_variance_pct", "% Explained var.", ".1f"),
+    ("avg_l0", "Avg L0", ".5g"),
+    ("avg_cls_l0", "Avg CLS L0", ".4g"),
+    ("cos_sim", "Cos sim", ".3f"),
+    ("recon_cos_sim", "Recon cos sim", ".3f"),
+    ("ce", "CE", ".3f"),
+    ("recon_ce", "Recon CE", ".3f"),
+    ("zero_abl_ce", "Zero abl CE", ".3f"),
+    ("ce_recovered_pct", "% CE recovered", ".2f"),
+    ("alive_features_pct", "% Alive features", ".2f"),
+)
+CLIPSCOPE_COLUMNS = (
+    ("mse", "MSE", ".2f"),
+    ("explained_variance", "Explained Variance", ".3f"),
+    ("dead_feature_proportion", "Dead Feature Proportion", ".4g"),
+    ("active_feature_proportion", "Active Feature Proportion", ".4g"),
+)
+COLUMNS = PRISMA_COLUMNS + CLIPSCOPE_COLUMNS
+# The variants Prisma's evaluation code computes for three columns (docs/metrics.md); `variant="prisma"`.
+PRISMA_CODE_VARIANTS = {
+    "explained_variance_pct": "explained_variance_per_batch_pct",
+    "cos_sim": "cos_sim_columns",
+    "avg_l0": "avg_patch_l0",
+}
+
+ZeroAblation = Literal["tokens", "all"]
+
+
+@dataclass
+class EvalResult:
+    """The metrics of one SAE on one model and dataset; metrics read as attributes (``result.ce``).
+
+    ``metrics`` holds every column of the published tables (keys as in :data:`COLUMNS`) and the variants in
+    docs/metrics.md; a metric that does not apply (no labels, no CLS token) is None.
+
+    Example:
+        >>> result = evaluate(model, sae, "imagenet/val", head="zero-shot:head.safetensors", limit=1000)
+        >>> print(result.markdown_header()); print(result.markdown_row())
+    """
+
+    metrics: dict[str, float | None]
+    model_name: str
+    hook_name: str
+    tokens: str
+    n_images: int
+    n_tokens: int
+    sae_name: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> float | None:
+        metrics = self.__dict__.get("metrics", {})
+        if name in metrics:
+            return metrics[name]
+        raise AttributeError(f"EvalResult has no metric {name!r}; metrics: {sorted(metrics)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as JSON-ready types (NaN and None become null).
+
+        Example:
+            >>> json.dumps(result.to_dict())
+        """
+        metrics = {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in self.metrics.items()}
+        return {
+            "sae": self.sae_name, "model": self.model_name, "hook_name": self.hook_name, "tokens": self.tokens,
+            "n_images": self.n_images, "n_tokens": self.n_tokens, "metrics": metrics, "settings": self.settings,
+        }
+
+    @staticmethod
+    def markdown_header(columns: Sequence[tuple[str, str, str]] = COLUMNS) -> str:
+        """The header and separator lines of the table :meth:`markdown_row` rows belong to.
+
+        Example:
+            >>> print(EvalResult.markdown_header())
+        """
+        names = ["SAE", "Hook", "Tokens", *(name for _, name, _ in columns)]
+        return "| " + " | ".join(names) + " |\n|" + "|".join("---" for _ in names) + "|"
+
+    def markdown_row(
+        self, label: str | None = None, variant: Literal["definitions", "prisma"] = "definitions",
+        columns: Sequence[tuple[str, str, str]] = COLUMNS,
+    ) -> str:
+        """One markdown table row in the published column order; ``variant="prisma"`` fills explained
+        variance, cos sim and Avg L0 with the estimators Prisma's code uses (docs/metrics.md).
+
+        Example:
+            >>> result.markdown_row(label="measured")
+        """
+        keys = {key: PRISMA_CODE_VARIANTS.get(key, key) if variant == "prisma" else key for key, _, _ in columns}
+        values = {key: self.metrics.get(keys[key]) for key, _, _ in columns}
+        return format_row(label or self.sae_name or "-", self.hook_name, self.tokens, values, columns)
+
+
+def format_row(
+    label: str, hook_name: str, tokens: str, values: Mapping[str, float | None],
+    columns: Sequence[tuple[str, str, str]] = COLUMNS,
+) -> str:
+    """A markdown row from metric values keyed as in :data:`COLUMNS` (missing or None shown as ``-``).
+
+    Example:
+        >>> format_row("published", "blocks.9.hook_resid_post", "all", entry.metrics)
+    """
+    cells = [label, hook_name, tokens]
+    for key, _, fmt in columns:
+        value = values.get(key)
+        cells.append("-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt))
+    return "| " + " | ".join(cells) + " |"
+
+
+# ---------------------------------------------------------------------------------------------- data
+def _base_dataset(data: Any) -> Any:
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset
+
+
+def _label_map(classes: Sequence[str], head: nn.Module) -> Int[Tensor, " n_dataset_classes"] | None:
+    """How a dataset's class indices map to the head's: by class name, else by position, else an error."""
+    n_classes = head.n_classes
+    head_names = getattr(head, "class_names", None)
+    if head_names:
+        def key(name: str) -> str:
+            return name.lower().replace("_", " ").strip()
+
+        index = {}
+        for position, name in enumerate(head_names):
+            index.setdefault(key(name), position)
+        if all(key(name) in index for name in classes):
+            return torch.tensor([index[key(name)] for name in classes])
+    if len(classes) == n_classes:
+        # ImageNet's WordNet-id folders sort into the standard class order the shipped names follow.
+        return None
+    raise DataError(
+        f"the dataset's {len(classes)} classes (e.g. {list(classes[:3])}) match neither the head's class names nor "
+        f"its number of classes ({n_classes}); name the class folders after the head's classes, use all "
+        f"{n_classes} class folders (ImageNet layout), or use a head built for these classes"
+    )
+
+
+def _batches(
+    model: HookedViT, data: Any, labels: Tensor | None, batch_size: int, limit: int | None, num_workers: int | None
+) -> tuple[Iterable, int | None, Any]:
+    """An iterable of ``(images, labels or None)``, the number of images if known, and the underlying dataset."""
+    from vit_sae_hooks.data import image_loader, preprocess_for
+
+    if isinstance(data, Tensor):
+        if labels is not None and labels.shape[0] != data.shape[0]:
+            raise DataError(f"{data.shape[0]} images but {labels.shape[0]} labels; pass one label per image")
+        n = data.shape[0] if limit is None else min(limit, data.shape[0])
+        chunks = (
+            (data[start : start + batch_size], None if labels is None else labels[start : start + batch_size])
+            for start in range(0, n, batch_size)
+        )
+        return chunks, n, None
+    if labels is not None:
+        raise DataError("labels= goes with an images tensor; a dataset or loader brings its own labels")
+    if isinstance(data, (str, os.PathLike)):
+        data = image_loader(data, preprocess_for(model), batch_size=batch_size, num_workers=num_workers, limit=limit)
+    elif isinstance(data, Dataset) and not isinstance(data, DataLoader) and hasattr(data, "__len__"):
+        data = image_loader(data, batch_size=batch_size, num_workers=num_workers, limit=limit)
+    dataset = _base_dataset(data)
+    try:
+        total = len(data.dataset) if isinstance(data, DataLoader) else None
+    except TypeError:
+        total = None
+    if limit is not None and total is not None:
+        total = min(total, limit)
+    return data, total, dataset
+
+
+def _as_pair(item: Any) -> tuple[Tensor, Tensor | None]:
+    if isinstance(item, Tensor):
+        return item, None
+    if isinstance(item, (tuple, list)) and item and isinstance(item[0], Tensor):
+        return item[0], (torch.as_tensor(item[1]) if len(item) > 1 else None)
+    if isinstance(item, Mapping) and "pixel_values" in item:
+        return item["pixel_values"], item.get("labels", item.get("label"))
+    raise DataError(
+        f"cannot read a batch of type {type(item).__name__}; a loader must yield image tensors [batch, 3, H, W] or "
+        "(images, labels) pairs"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+def _hook_layer(hook_name: str) -> int | None:
+    match = re.match(r"blocks\.(\d+)\.", hook_name)
+    return int(match.group(1)) if match else None
+
+
+class _TokenSelection:
+    """Which rows of a hook's activation the SAE reads, and how to write rows back."""
+
+    def __init__(self, model: HookedViT, sae: SAE, hook_name: str, activation: Tensor, tokens: Any):
+        cfg = model.cfg
+        self.flatten_heads = activation.ndim == 4 and activation.shape[-2] * activation.shape[-1] == sae.d_in
+        width = activation.shape[-2] * activation.shape[-1] if self.flatten_heads else activation.shape[-1]
+        if width != sae.d_in:
+            raise InputShapeError(
+                f"the SAE reads d_in={sae.d_in} features but {hook_name!r} has {width} per token (shape "
+                f"{tuple(activation.shape)}); evaluate it at the hook it was trained on, or with the model it was "
+                f"trained for ({sae.model_name or 'see the SAE config'})"
+            )
+        self.has_positions = activation.ndim >= 3
+        if not self.has_positions:
+            self.positions = None
+            return
+        n_pos = activation.shape[1]
+        where = resolve_positions(tokens, n_pos, cfg.n_prefix_tokens, cfg.has_cls_token)
+        if isinstance(where, Tensor) and where.dtype == torch.bool:
+            raise ConfigError("evaluate takes tokens as 'all', 'cls', 'patches' or a list of positions, not a per-image mask")
+        self.positions = torch.arange(n_pos, device=activation.device)[where]
+        if self.positions.numel() == 0:
+            raise ConfigError(f"tokens={tokens!r} selects no position of the {n_pos} at {hook_name!r}")
+
+    def rows(self, activation: Tensor) -> Float[Tensor, "batch n_selected d_in"]:
+        x = activation.flatten(-2) if self.flatten_heads else activation
+        return x[:, self.positions] if self.has_positions else x[:, None]
+
+    def is_cls(self, batch: int, has_cls_token: bool) -> Tensor:
+        if not self.has_positions:
+            return torch.zeros(batch, dtype=torch.bool)
+        return ((self.positions == 0) & has_cls_token).repeat(batch)
+
+    def writer(self, values: Tensor | None, all_tokens: bool = False):
+        """A hook writing ``values [batch, n_selected, d_in]`` (zeros if None) into the selected rows."""
+
+        def hook(activation: Tensor, hook: Any) -> Tensor:
+            if values is None and (all_tokens or not self.has_positions):
+                return torch.zeros_like(activation)
+            x = activation.flatten(-2) if self.flatten_heads else activation
+            if not self.has_positions:
+                return values[:, 0].to(x.dtype)
+            x = x.clone()
+            x[:, self.positions] = 0 if values is None else values.to(x.dtype)
+            return x.unflatten(-1, activation.shape[-2:]) if self.flatten_heads else x
+
+        return hook
+
+
+def _encode(sae: SAE, rows: Float[Tensor, "n d_in"]) -> tuple[Tensor, Any]:
+    """The SAE's reconstruction of ``rows`` and which latents fired (sparse for TopK SAEs)."""
+    stats = sae.norm_stats(rows)
+    if sae.cfg.architecture == "topk":
+        values, indices = sae.encode_topk(rows)
+        return sae.decode_topk(values, indices, stats), (indices, values != 0)
+    acts = sae.encode(rows)
+    return sae.decode(acts, stats), acts != 0
+
+
+def evaluate(
+    model: HookedViT,
+    sae: SAE,
+    data: Tensor | DataLoader | Dataset | Iterable | str | os.PathLike,
+    head: str | os.PathLike | nn.Module | None = None,
+    labels: Int[Tensor, " n_images"] | None = None,
+    tokens: str | Sequence[int] | None = None,
+    zero_ablation: ZeroAblation = "tokens",
+    batch_size: int = 64,
+    limit: int | None = None,
+    num_workers: int | None = None,
+    use_logit_scale: bool = False,
+    downstream: bool = True,
+    active_image_threshold: int = 10,
+    sae_name: str | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """The Prisma and CLIP-Scope metrics of ``sae`` spliced into ``model`` over ``data``.
+
+    Args:
+        data: preprocessed images ``[n, 3, H, W]`` (with ``labels``), an image folder (preprocessed with
+            :func:`~vit_sae_hooks.data.preprocess_for`), a dataset, or a loader of ``(images, labels)``.
+        head: class logits for the cross-entropies: None (the model's own classifier head if it has one),
+            ``"model"``, ``"zero-shot:FILE"`` (a saved :class:`ZeroShotHead`), or a module.
+        tokens: the token set the metrics and the splice cover (default: the SAE's ``token_set``).
+        zero_ablation: zero the hook on the SAE's tokens (``"tokens"``) or on every token (``"all"``).
+        downstream: False skips the output, CE and KL metrics and stops the clean pass after the hook.
+        active_image_threshold: a latent is "active" (CLIP-Scope) if it fires for at least this many images.
+
+    The model and SAE stay where they are (same device); images follow the model's device and dtype.
+
+    Example:
+        >>> result = evaluate(model, sae, "imagenet/val", head="zero-shot:imagenet_head.safetensors", limit=5000)
+        >>> result.ce_recovered_pct
+    """
+    hook_name = sae.hook_name
+    if hook_name is None:
+        raise ConfigError("the SAE records no hook_name; set sae.cfg.hook_name to the hook it reads (e.g. 'blocks.9.hook_resid_post')")
+    model.check_hook_name(hook_name)
+    if model.acts_to_saes:
+        raise ConfigError(
+            f"the model has SAEs attached at {sorted(model.acts_to_saes)}; evaluate needs the clean model: "
+            "call model.reset_saes() first"
+        )
+    parameter = next(model.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    if sae.W_enc.device != device:
+        raise ConfigError(f"the SAE is on {sae.W_enc.device} but the model on {device}; move it with sae.to({str(device)!r})")
+    if zero_ablation not in ("tokens", "all"):
+        raise ConfigError(f"zero_ablation={zero_ablation!r} is not 'tokens' or 'all'")
+    tokens = sae.token_set if tokens is None else tokens
+    head = head_for(model, head, use_logit_scale) if downstream else None
+    if head is not None:
+        head = head.to(device)
+    batches, total, dataset = _batches(model, data, labels, batch_size, limit, num_workers)
+    label_map = None
+    if head is not None and getattr(dataset, "classes", None):
+        label_map = _label_map(dataset.classes, head)
+
+    layer = _hook_layer(hook_name)
+    resid_name = f"blocks.{layer}.hook_resid_pre" if layer is not None else None
+    cached = [hook_name] + ([resid_name] if downstream and resid_name not in (None, hook_name) else [])
+    reconstruction = ReconstructionStats(sae.d_sae, active_image_threshold)
+    effects = DownstreamStats()
+    selection: _TokenSelection | None = None
+    seen = 0
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="img", desc=f"eval {hook_name}", file=sys.stderr, disable=not progress)
+    was_training = model.training, sae.training
+    model.eval()
+    sae.eval()
+    try:
+        with torch.inference_mode():
+            for item in batches:
+                images, batch_labels = _as_pair(item)
+                if limit is not None:
+                    images = images[: limit - seen]
+                    batch_labels = None if batch_labels is None else batch_labels[: images.shape[0]]
+                if images.shape[0] == 0:
+                    break
+                images = images.to(device=device, dtype=dtype)
+                batch = images.shape[0]
+                stop = layer + 1 if not downstream and layer is not None else None
+                output, cache = model.run_with_cache(
+                    images, names_filter=cached, return_cache_object=False, stop_at_layer=stop
+                )
+                activation = cache[hook_name]
+                if selection is None:
+                    selection = _TokenSelection(model, sae, hook_name, activation, tokens)
+                x = selection.rows(activation)
+                n_selected = x.shape[1]
+                recon, fired = _encode(sae, x.reshape(-1, sae.d_in))
+                reconstruction.update(
+                    x.reshape(-1, sae.d_in), recon, fired,
+                    selection.is_cls(batch, model.cfg.has_cls_token).to(device),
+                    torch.arange(batch, device=device).repeat_interleave(n_selected), batch,
+                )
+                if downstream:
+                    start = cache[resid_name] if layer is not None else images
+
+                    def run(hook_fn):
+                        with model.hooks(fwd_hooks=[(hook_name, hook_fn)]):
+                            return model(start, start_at_layer=layer)
+
+                    output_recon = run(selection.writer(recon.view(batch, n_selected, -1)))
+                    output_zero = run(selection.writer(None, all_tokens=zero_ablation == "all"))
+                    logits = logits_recon = logits_zero = None
+                    if head is not None:
+                        logits, logits_recon, logits_zero = head(output), head(output_recon), head(output_zero)
+                        batch_labels = _checked_labels(batch_labels, label_map, head.n_classes, device)
+                    effects.update(output, output_recon, logits, logits_recon, logits_zero,
+                                   batch_labels if head is not None else None)
+                seen += batch
+                bar.update(batch)
+                if limit is not None and seen >= limit:
+                    break
+    finally:
+        bar.close()
+        model.train(was_training[0])
+        sae.train(was_training[1])
+    if seen == 0:
+        raise DataError("the data yielded no images; check the folder, loader or limit")
+    metrics = reconstruction.compute()
+    metrics.update(effects.compute() if downstream else {})
+    for key, _, _ in COLUMNS:
+        metrics.setdefault(key, None)
+    return EvalResult(
+        metrics=metrics, model_name=str(model.cfg.model_name), hook_name=hook_name,
+        tokens=tokens if isinstance(tokens, str) else str(list(tokens)), n_images=seen,
+        n_tokens=reconstruction.n_tokens, sae_name=sae_name,
+        settings={"zero_ablation": zero_ablation, "use_logit_scale": use_logit_scale,
+                  "head": type(head).__name__ if head is not None else None,
+                  "active_image_threshold": active_image_threshold},
+    )
+
+
+def _checked_labels(labels: Tensor | None, label_map: Tensor | None, n_classes: int, device) -> Tensor | None:
+    if labels is None:
+        return None
+    labels = torch.as_tensor(labels).long().to(device)
+    if label_map is not None:
+        labelled = labels >= 0
+        labels = torch.where(labelled, label_map.to(device)[labels.clamp_min(0)], labels)
+    if labels.numel() and int(labels.max()) >= n_classes:
+        raise DataError(
+            f"label {int(labels.max())} is out of range for a head with {n_classes} classes; the labels do not "
+            "match the head: use a head built for this dataset's classes"
+        )
+    if labels.numel() and int(labels.min()) < -1:
+        raise DataError(f"label {int(labels.min())} is negative; use class indices, or -1 for an unlabelled image")
+    return labels
+
+
+def sweep(
+    model: HookedViT, saes: Iterable[tuple[str, SAE]], data: Any, **kwargs: Any
+) -> Iterator[EvalResult]:
+    """:func:`evaluate` for each ``(name, sae)`` in turn, yielding results as they finish.
+
+    Example:
+        >>> for result in sweep(model, [("l9", sae9), ("l10", sae10)], "imagenet/val", limit=1000): ...
+    """
+    for name, sae in saes:
+        yield evaluate(model, sae, data, sae_name=name, **kwargs)
+
