@@ -7,6 +7,8 @@ import sys
 
 import torch
 
+from vit_sae_hooks.evals.cli import register as register_eval
+
 
 def _tiny_random_model():
     from vit_sae_hooks import HookedViT, HookedViTConfig
@@ -55,7 +57,7 @@ def register_inspect(commands: argparse._SubParsersAction) -> None:
 
 
 # Each feature registers its own subcommand: a function taking the subparsers and setting ``run``.
-SUBCOMMANDS = [register_inspect]
+SUBCOMMANDS = [register_inspect, register_eval]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,122 @@
+"""``vit-sae eval``: print the published metric row of an SAE (or of every registry SAE of a model)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vit_sae_hooks.errors import ConfigError, VitSaeHooksError
+
+
+def _load_head_argument(args: argparse.Namespace) -> str | None:
+    """The ``head`` argument for evaluate, building and saving the zero-shot head first if asked to."""
+    head = args.head
+    if head is None or not head.startswith("zero-shot:"):
+        if args.build_head:
+            raise ConfigError("--build-head needs --head zero-shot:FILE, the file to write the head to")
+        return head
+    path = Path(head.removeprefix("zero-shot:")).expanduser()
+    if not path.exists() and args.build_head:
+        from vit_sae_hooks.evals.heads import build_zero_shot_head
+
+        source = args.model if args.build_head == "model" else args.build_head
+        print(f"building the zero-shot head from {source} into {path}", file=sys.stderr)
+        build_zero_shot_head(source, templates=args.templates, device=args.device).save(path)
+    return head
+
+
+def _sae_names(args: argparse.Namespace) -> list[str]:
+    from vit_sae_hooks import pretrained
+
+    if not args.sweep:
+        if not args.sae:
+            raise ConfigError("pass --sae NAME_OR_ID_OR_PATH, or --sweep to evaluate every registry SAE of --model")
+        return [args.sae]
+    entries = pretrained.find(model=args.model)
+    if not entries:
+        models = sorted({entry.model_name for entry in pretrained.all_entries()})
+        raise ConfigError(f"the registry has no SAEs for model {args.model!r}; --sweep works for {models}")
+    return [entry.name for entry in entries]
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Evaluate the SAE(s) and print the markdown table; errors are printed without a traceback."""
+    try:
+        return _run_eval(args)
+    except VitSaeHooksError as error:
+        print(f"vit-sae eval: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from vit_sae_hooks import SAE, HookedViT, pretrained
+    from vit_sae_hooks.data import Preprocess, image_loader, preprocess_for
+    from vit_sae_hooks.evals.evaluate import EvalResult, evaluate, format_row
+    from vit_sae_hooks.sae.config import dtype_from_name
+
+    dtype = dtype_from_name(args.dtype)
+    names = _sae_names(args)
+    head = _load_head_argument(args)
+    model = HookedViT.from_pretrained(args.model, device=args.device, dtype=dtype)
+    preprocess = preprocess_for(args.model)
+    if args.resize_mode and args.resize_mode != preprocess.resize_mode:
+        preprocess = Preprocess(
+            preprocess.image_size, preprocess.mean, preprocess.std, preprocess.resize_size, preprocess.interpolation,
+            args.resize_mode,
+        )
+    loader = image_loader(args.images, preprocess, batch_size=args.batch_size, num_workers=args.num_workers, limit=args.limit)
+    print(EvalResult.markdown_header())
+    sys.stdout.flush()
+    records = []
+    for name in names:
+        sae = SAE.from_pretrained(name, device=args.device)
+        result = evaluate(
+            model, sae, loader, head=head, tokens=args.tokens, zero_ablation=args.zero_ablation,
+            use_logit_scale=args.logit_scale, sae_name=name, progress=not args.quiet,
+        )
+        print(result.markdown_row(variant=args.variant))
+        record = result.to_dict()
+        entry = pretrained.lookup(name) if args.compare_published else None
+        if entry is not None:
+            print(format_row(f"{name} (published)", result.hook_name, entry.tokens, entry.metrics))
+            record["published"] = dict(entry.metrics)
+        sys.stdout.flush()
+        records.append(record)
+    if args.json:
+        Path(args.json).write_text(json.dumps(records if args.sweep else records[0], indent=2))
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``vit-sae eval``."""
+    parser = commands.add_parser(
+        "eval", help="measure an SAE's published metrics (explained variance, L0, CE recovered, ...) on images",
+        description="Print a markdown row in the published Prisma / CLIP-Scope column order; see docs/metrics.md.",
+    )
+    parser.add_argument("--model", required=True, help="hub id or local folder of the base model")
+    parser.add_argument("--sae", help="registry short name, hub id or local path of the SAE")
+    parser.add_argument("--images", required=True, help="image folder: class subfolders (ImageNet layout) or images")
+    parser.add_argument("--head", help="'zero-shot:FILE' (a saved zero-shot head) or 'model' (the model's classifier)")
+    parser.add_argument("--build-head", metavar="CLIP_ID", nargs="?", const="model",
+                        help="build the zero-shot head into the --head file if missing, from CLIP_ID (default: --model)")
+    parser.add_argument("--templates", default="openai", help="prompt templates for --build-head: openai, simple, photo, name")
+    parser.add_argument("--tokens", choices=("all", "cls", "patches"), help="token set (default: the SAE's own)")
+    parser.add_argument("--zero-ablation", choices=("tokens", "all"), default="tokens",
+                        help="zero the hook on the SAE's tokens (default) or on all tokens")
+    parser.add_argument("--logit-scale", action="store_true", help="multiply zero-shot logits by CLIP's logit scale")
+    parser.add_argument("--variant", choices=("definitions", "prisma"), default="definitions",
+                        help="'prisma' fills EV, cos sim and Avg L0 with Prisma's code's estimators (docs/metrics.md)")
+    parser.add_argument("--resize-mode", choices=("shortest", "squash"),
+                        help="override the checkpoint's resize (Prisma's evaluation squashes to the square size)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=None, help="image decoding workers (default: CPU count, max 8)")
+    parser.add_argument("--limit", type=int, help="evaluate at most this many images (spread over the classes)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--json", metavar="OUT", help="also write the results (and published metrics) as JSON")
+    parser.add_argument("--compare-published", action="store_true", help="print the published row under each registry SAE")
+    parser.add_argument("--sweep", action="store_true", help="evaluate every registry SAE of --model and print the table")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=run_eval)
