@@ -15,11 +15,15 @@ from vit_sae_hooks.errors import ConfigError, InputShapeError
 from vit_sae_hooks.kernels import cpu, decode_dense_or_sparse, decode_topk, encode_topk
 
 
+# Smallest d_sae per unit of k at which topk_last_dim takes its grouped (two-stage) path.
+GROUPED = cpu._GROUPED_MIN_GROUPS_PER_K * cpu._TOPK_GROUP
+
+
 @st.composite
 def encoder_shapes(draw):
     """(n, d_in, d_sae, k): odd and non-power-of-two sizes, k = d_sae, and d_sae large enough for the grouped top-k."""
     k = draw(st.integers(1, 12))
-    d_sae = draw(st.one_of(st.just(k), st.integers(k, 80), st.integers(128 * k, 128 * k + 45)))
+    d_sae = draw(st.one_of(st.just(k), st.integers(k, 80), st.integers(GROUPED * k, GROUPED * k + 45)))
     return draw(st.integers(0, 9)), draw(st.integers(1, 37)), d_sae, k
 
 
@@ -59,7 +63,7 @@ def test_chunked_backend_matches_dense_reference(shape, dtype, chunk_fraction, s
 
 @settings(max_examples=30, deadline=None)
 @given(
-    n_groups_over_k=st.integers(4, 9),
+    n_groups_over_k=st.integers(cpu._GROUPED_MIN_GROUPS_PER_K, cpu._GROUPED_MIN_GROUPS_PER_K + 4),
     k=st.integers(1, 6),
     tail=st.integers(0, 31),
     seed=st.integers(0, 2**31),

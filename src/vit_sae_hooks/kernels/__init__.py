@@ -45,10 +45,11 @@ __all__ = ["AUTO_CHUNK_ELEMENTS", "Backend", "decode_dense_or_sparse", "decode_t
 
 Backend = Literal["auto", "torch", "chunked", "compile", "triton"]
 
-# Above this many pre-activation elements (N * d_sae; 2^27 floats = 512 MiB in float32) "auto"
-# encodes in latent chunks on CPU: same speed within noise, bounded memory.
-AUTO_CHUNK_ELEMENTS = 1 << 27
-DEFAULT_CHUNK_SIZE = 4096
+# Above this many pre-activation elements (N * d_sae; 2^30 floats = 4 GiB in float32) "auto"
+# encodes in latent chunks on CPU. Below it one GEMM is faster (bench_sae.py: chunks of 4096
+# latents cost 2x, of 16384 about 1x at N 1600, d_sae 49152), and the dense block still fits.
+AUTO_CHUNK_ELEMENTS = 1 << 30
+DEFAULT_CHUNK_SIZE = 16384
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _BACKENDS = ("auto", "torch", "chunked", "compile", "triton")
 
