@@ -205,7 +205,7 @@ def _as_pair(item: Any) -> tuple[Tensor, Tensor | None]:
     if isinstance(item, Tensor):
         return item, None
     if isinstance(item, (tuple, list)) and item and isinstance(item[0], Tensor):
-        return item[0], (torch.as_tensor(item[1]) if len(item) > 1 else None)
+        return item[0], (torch.as_tensor(item[1]) if len(item) > 1 and item[1] is not None else None)
     if isinstance(item, Mapping) and "pixel_values" in item:
         return item["pixel_values"], item.get("labels", item.get("label"))
     raise DataError(
