@@ -228,17 +228,17 @@ def _spliced(model, sae, hook_name: str, tokens: TokenSpec):
             model.reset_saes([hook_name])
 
 
-def _block_boundary(model, hook_name: str) -> tuple[str, int] | None:
-    """For hooks whose edits only add to the residual stream at a block boundary: (boundary hook, start layer)."""
+def _block_boundary(model, hook_name: str) -> int | None:
+    """For hooks whose edits only add to the residual stream entering a block: that block's index."""
     parts = hook_name.split(".")
     if len(parts) != 3 or parts[0] != "blocks":
         return None
     layer, leaf = int(parts[1]), parts[2]
     if leaf == "hook_resid_pre":
-        return hook_name, layer
+        return layer
     if leaf in ("hook_resid_post", "hook_mlp_out"):
         # resid_post = resid_mid + mlp_out, so an edit of either lands unchanged on the next block's input.
-        return f"blocks.{layer}.hook_resid_post", layer + 1
+        return layer + 1
     return None
 
 
@@ -277,11 +277,10 @@ def ablation_sweep(
         )
     tokens = sae.token_set if tokens is None else tokens
     with torch.no_grad():
-        clean_output = model(images)
-        baseline = torch.as_tensor(metric(clean_output)).reshape(())
         if method == "naive" or boundary is None:
+            baseline = torch.as_tensor(metric(model(images))).reshape(())
             return _naive_sweep(model, sae, images, features, metric, hook_name, tokens) - baseline
-        return _fast_sweep(model, sae, images, features, metric, hook_name, tokens, boundary, max_batch) - baseline
+        return _fast_sweep(model, sae, images, features, metric, hook_name, tokens, boundary, max_batch)
 
 
 def _naive_sweep(model, sae, images, features, metric, hook_name, tokens) -> Tensor:
@@ -295,30 +294,30 @@ def _naive_sweep(model, sae, images, features, metric, hook_name, tokens) -> Ten
 
 
 def _fast_sweep(model, sae, images, features, metric, hook_name, tokens, boundary, max_batch) -> Tensor:
-    boundary_name, start_layer = boundary
-    _, cache = model.run_with_cache(images, names_filter=list({hook_name, boundary_name}))
-    x, base = cache[hook_name], cache[boundary_name]
+    start_layer = boundary
+    # Only the blocks before the boundary run on the images; everything after runs from it.
+    base, cache = model.run_with_cache(images, stop_at_layer=start_layer, names_filter=[hook_name])
+    x = cache[hook_name] if hook_name in cache.cache_dict else base  # a resid_pre hook is the boundary itself
     batch, n_pos, _ = x.shape
+    baseline = torch.as_tensor(metric(model(base, start_at_layer=start_layer))).reshape(())
     where = resolve_positions(tokens, n_pos, model.cfg.n_prefix_tokens, model.cfg.has_cls_token)
     selected = torch.zeros(batch, n_pos, dtype=torch.bool, device=x.device)
     if isinstance(where, Tensor) and where.dtype == torch.bool:
         selected |= where.to(x.device)
     else:
         selected[:, where] = True
-    # Encode every token; only the selected ones are ablated (a [batch, pos] mask splices the same way).
+    # Every token is encoded (the SAE is per-token); only the selected ones are ablated.
     feature_ids = torch.tensor(features, device=x.device)
-    acts = sae.encode(x)[..., feature_ids]  # [batch, pos, n_features]
+    acts = sae.encode(x)[..., feature_ids] * selected[..., None]  # [batch, pos, n_features]
     stats = sae.norm_stats(x)
-    directions = sae.W_dec[feature_ids].to(x.dtype)  # [n_features, d_in]
     scale = stats.scale if stats.scale is not None else 1.0
-    acts = acts * selected[..., None]
+    directions = sae.W_dec[feature_ids].to(x.dtype)  # [n_features, d_in]
     results = []
     chunk = max(1, max_batch // batch)
     for first in range(0, len(features), chunk):
         ids = slice(first, first + chunk)
-        # delta[f, b, p] = -a_f(b, p) * W_dec[f] * scale(b, p)
+        # delta[f, b, p] = -a_f(b, p) * W_dec[f] * scale(b, p): the exact change of the spliced output.
         delta = -acts[..., ids].permute(2, 0, 1)[..., None] * directions[ids][:, None, None, :] * scale
-        resid = (base[None] + delta).flatten(0, 1)
-        outputs = model(resid, start_at_layer=start_layer)
+        outputs = model((base[None] + delta).flatten(0, 1), start_at_layer=start_layer)
         results.append(_metrics_per_variant(outputs, delta.shape[0], metric))
-    return torch.cat(results)
+    return torch.cat(results) - baseline
