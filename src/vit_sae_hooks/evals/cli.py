@@ -23,8 +23,22 @@ def _load_head_argument(args: argparse.Namespace) -> str | None:
 
         source = args.model if args.build_head == "model" else args.build_head
         print(f"building the zero-shot head from {source} into {path}", file=sys.stderr)
-        build_zero_shot_head(source, templates=args.templates, device=args.device).save(path)
+        build_zero_shot_head(source, _class_names(args), templates=args.templates, device=args.device).save(path)
     return head
+
+
+def _class_names(args: argparse.Namespace) -> list[str] | None:
+    """Class names for --build-head: the shipped ImageNet names, the --images class folders, or a file's lines."""
+    if args.classes == "imagenet":
+        return None
+    if args.classes == "folder":
+        from vit_sae_hooks.data import ImageFolder
+
+        return ImageFolder(args.images).classes
+    path = Path(args.classes).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--classes {args.classes!r} is not 'imagenet', 'folder' or an existing file with one class name per line")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def _sae_names(args: argparse.Namespace) -> list[str]:
@@ -101,6 +115,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--head", help="'zero-shot:FILE' (a saved zero-shot head) or 'model' (the model's classifier)")
     parser.add_argument("--build-head", metavar="CLIP_ID", nargs="?", const="model",
                         help="build the zero-shot head into the --head file if missing, from CLIP_ID (default: --model)")
+    parser.add_argument("--classes", default="imagenet",
+                        help="class names for --build-head: imagenet (shipped), folder (the --images class folders) or FILE")
     parser.add_argument("--templates", default="openai", help="prompt templates for --build-head: openai, simple, photo, name")
     parser.add_argument("--tokens", choices=("all", "cls", "patches"), help="token set (default: the SAE's own)")
     parser.add_argument("--zero-ablation", choices=("tokens", "all"), default="tokens",

@@ -189,17 +189,22 @@ def build_zero_shot_head(
             "or folder of a HF CLIP model (config.json, model.safetensors, tokenizer files)"
         ) from error
     prompts = [template.format(name) for name in class_names for template in templates]
+    # Tokenizers saved without model_max_length would not truncate to what the text tower can read.
+    max_length = model.config.text_config.max_position_embeddings
     embeddings = []
     with torch.inference_mode():
+        logit_scale = float(model.logit_scale.exp())
         for start in tqdm(range(0, len(prompts), batch_size), desc="text embeddings", disable=not progress):
-            tokens = tokenizer(prompts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
+            tokens = tokenizer(
+                prompts[start : start + batch_size], padding=True, truncation=True, max_length=max_length,
+                return_tensors="pt",
+            )
             features = model.get_text_features(**tokens.to(device))
             # transformers 5 returns a model output whose pooler_output holds the projected features.
             features = features if isinstance(features, Tensor) else features.pooler_output
             embeddings.append(F.normalize(features.float(), dim=-1).cpu())
     per_prompt = torch.cat(embeddings).view(len(class_names), len(templates), -1)
     class_embeddings = F.normalize(per_prompt.mean(1), dim=-1)
-    logit_scale = float(model.logit_scale.exp())
     logger.info("built a %d-class zero-shot head from %s with %d templates", len(class_names), clip_model, len(templates))
     return ZeroShotHead(
         class_embeddings, class_names, logit_scale,
