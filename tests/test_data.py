@@ -154,3 +154,17 @@ def test_bad_folders_and_images_raise_data_errors(tmp_path):
         image_loader(root)
     with pytest.raises(DataError, match="limit=0"):
         ImageFolder(root, limit=0)
+
+
+def test_shipped_imagenet_names_and_templates():
+    from vit_sae_hooks.data.imagenet import imagenet_class_names, imagenet_templates
+
+    names = imagenet_class_names()
+    assert len(names) == 1000
+    assert (names[0], names[207], names[281], names[417], names[999]) == (
+        "tench", "Golden Retriever", "tabby cat", "balloon", "toilet paper"
+    )
+    assert len(imagenet_templates()) == 80 and all("{}" in t for t in imagenet_templates())
+    assert len(imagenet_templates("simple")) == 7
+    with pytest.raises(ConfigError, match="template set 'fancy'"):
+        imagenet_templates("fancy")
