@@ -1,0 +1,23 @@
+"""Feature visualisation: top-activating images and patches over a dataset, per-patch heatmaps, feature cards.
+
+Example:
+    >>> from vit_sae_hooks.viz import top_activating, plot_feature_card
+    >>> top = top_activating(model, sae, loader, features=[3, 17], k=16)
+    >>> plot_feature_card(top, 17, unnormalize=preprocess_for(model), path="feature_17.png")
+"""
+
+from vit_sae_hooks.viz.figures import displayable_image, plot_feature_card, plot_heatmap, plot_top_images
+from vit_sae_hooks.viz.heatmap import feature_heatmap, patch_maps, token_activations
+from vit_sae_hooks.viz.top_activating import TopActivations, top_activating
+
+__all__ = [
+    "TopActivations",
+    "displayable_image",
+    "feature_heatmap",
+    "patch_maps",
+    "plot_feature_card",
+    "plot_heatmap",
+    "plot_top_images",
+    "token_activations",
+    "top_activating",
+]
