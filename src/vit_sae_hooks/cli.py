@@ -8,6 +8,7 @@ import sys
 import torch
 
 from vit_sae_hooks.evals.cli import register as register_eval
+from vit_sae_hooks.training.cli import register as register_train
 
 
 def _tiny_random_model():
@@ -57,7 +58,7 @@ def register_inspect(commands: argparse._SubParsersAction) -> None:
 
 
 # Each feature registers its own subcommand: a function taking the subparsers and setting ``run``.
-SUBCOMMANDS = [register_inspect, register_eval]
+SUBCOMMANDS = [register_inspect, register_eval, register_train]
 
 
 def main(argv: list[str] | None = None) -> int:
