@@ -12,11 +12,13 @@ from vit_sae_hooks.training.activations import (
     hook_activations,
     select_tokens,
 )
+from vit_sae_hooks.training.cache import CachedActivations, write_activation_cache
 from vit_sae_hooks.training.config import TrainConfig
 from vit_sae_hooks.training.trainer import geometric_median, train_sae
 
 __all__ = [
     "BlockStream",
+    "CachedActivations",
     "ImageActivations",
     "TensorActivations",
     "TrainConfig",
@@ -24,4 +26,5 @@ __all__ = [
     "hook_activations",
     "select_tokens",
     "train_sae",
+    "write_activation_cache",
 ]

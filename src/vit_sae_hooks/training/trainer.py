@@ -218,7 +218,8 @@ def _sae_config(data: ActivationData, config: TrainConfig, scaling_factor: float
 def _initial_sample(config: TrainConfig, streams: dict[int, TokenStream], n_shards: int) -> Float[Tensor, "tokens d_in"]:
     # Drawn from the training streams themselves and gathered in shard order, so every process (and a
     # single process running the same shards) initialises from the same tokens.
-    per_shard = -(-config.init_tokens // n_shards)
+    # A short run should not spend more tokens on initialisation than on training.
+    per_shard = -(-min(config.init_tokens, config.tokens_budget) // n_shards)
     local = {shard: stream.next_batch(per_shard).float().cpu() for shard, stream in streams.items()}
     merged: dict[int, Tensor] = {}
     for part in distributed.gather_objects(local):
