@@ -2,8 +2,8 @@
 heatmap over one image, and a feature card combining them with the top images' label histogram.
 
 Figures are built on :class:`matplotlib.figure.Figure` directly (no pyplot), so they need no display,
-leave no global state behind and are freed like any object; ``path=`` saves a PNG of exactly
-``figure.get_size_inches() * dpi`` pixels.
+leave no global state behind and are freed like any object; ``path=`` saves a PNG of
+``figure.get_size_inches() * dpi`` pixels (rounded down).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ Unnormalize = Union[Any, tuple[Sequence[float], Sequence[float]], None]
 
 CELL_INCHES = 1.6
 HIGHLIGHT = colormaps["inferno"]
+TOKEN_SET_WORDS = {"all": "all tokens", "cls": "the CLS token", "patches": "the patch tokens"}
 
 
 def displayable_image(
@@ -250,7 +251,7 @@ def plot_feature_card(
     score_name = "max activation" if top.reduce == "max" else "top mean activation"
     figure.suptitle(
         f"feature {feature}  ·  {score_name} {float(top.scores[row, 0]):.3g}  ·  {top.hook_name} "
-        f"({top.reduce} over {top.token_set} tokens, {top.n_images} images)",
+        f"({top.reduce} over {TOKEN_SET_WORDS.get(top.token_set, top.token_set)}, {top.n_images} images)",
         fontsize=10,
     )
     return _save(figure, path, dpi)

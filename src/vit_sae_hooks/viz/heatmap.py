@@ -66,7 +66,7 @@ def token_activations(
     """The activations of ``features`` on every token the SAE reads, and the model position of each row.
 
     Rows are the SAE's tokens (``sae.token_set``); positions are None when the hook has no token axis
-    (e.g. ``hook_pooled``), and then there is one row per image. Runs under ``torch.inference_mode``.
+    (e.g. ``hook_pooled``), and then there is one row per image. Runs without gradients.
 
     Example:
         >>> acts, positions = token_activations(model, sae, images, [3, 17])  # acts: [batch, 50, 2]
@@ -84,7 +84,7 @@ def token_activations(
     layer = _hook_layer(hook_name) if hook_name is not None else None
     # Nothing after the hook's block changes the SAE's activations, so the rest of the model is skipped.
     stop = {"stop_at_layer": layer + 1} if layer is not None else {"return_type": None}
-    with torch.inference_mode(), model.saes([sae], use_error_term=False):
+    with torch.no_grad(), model.saes([sae], use_error_term=False):
         model.run_with_hooks(images, fwd_hooks=[(f"{hook_name}.hook_sae_acts_post", capture)], **stop)
     positions = captured["positions"]
     return captured["acts"], (positions.cpu() if positions is not None else None)
