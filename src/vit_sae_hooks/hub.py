@@ -10,6 +10,21 @@ from vit_sae_hooks.errors import ResolutionError
 
 logger = logging.getLogger(__name__)
 
+# Names under this prefix are checkpoints shipped inside the package (the offline demo's model and SAE).
+BUILTIN_PREFIX = "vit-sae-hooks/"
+ASSETS = Path(__file__).parent / "assets"
+
+
+def builtin_names() -> list[str]:
+    """The built-in checkpoint names, e.g. ``vit-sae-hooks/shapes-vit``.
+
+    Example:
+        >>> builtin_names()
+        ['vit-sae-hooks/shapes-vit', 'vit-sae-hooks/shapes-vit/resid_post/2']
+    """
+    folders = {config.parent for pattern in ("*.json",) for config in ASSETS.rglob(pattern)}
+    return sorted(BUILTIN_PREFIX + str(folder.relative_to(ASSETS)) for folder in folders)
+
 
 def split_hub_id(name: str) -> tuple[str, str | None]:
     """Split ``owner/repo/sub/folder`` into the repo id ``owner/repo`` and the subfolder (or None)."""
@@ -31,7 +46,8 @@ def resolve_local_or_hub(
 ) -> Path:
     """Return a local directory holding the files of ``name_or_path``.
 
-    A path that exists is returned as is. Anything else is read as a hub id
+    A path that exists is returned as is; ``vit-sae-hooks/...`` names are checkpoints shipped in the package.
+    Anything else is read as a hub id
     ``owner/repo[/subfolder]``; the files matching ``allow_patterns`` (relative to
     the subfolder) are fetched with ``huggingface_hub`` or, when the hub cannot be
     reached or ``HF_HUB_OFFLINE=1``, taken from the local cache.
@@ -42,6 +58,11 @@ def resolve_local_or_hub(
     path = Path(name_or_path).expanduser()
     if path.exists():
         return path
+    if str(name_or_path).startswith(BUILTIN_PREFIX):
+        builtin = ASSETS / str(name_or_path)[len(BUILTIN_PREFIX) :].strip("/")
+        if not builtin.is_dir():
+            raise ResolutionError(f"{str(name_or_path)!r} is not a built-in checkpoint; built-in: {builtin_names()}")
+        return builtin
     repo_id, subfolder = split_hub_id(str(name_or_path))
     patterns = [f"{subfolder}/{p}" if subfolder else p for p in allow_patterns]
 
