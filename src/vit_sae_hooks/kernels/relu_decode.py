@@ -10,9 +10,10 @@ from torch import Tensor
 from vit_sae_hooks.errors import InputShapeError
 
 # Fraction of non-zero activations below which the embedding_bag decode beats the dense GEMM.
-# Measured with benchmarks/bench_sae.py --density-sweep (N 1600, d_in 768, d_sae 49152, float32)
-# on a 2-core Sapphire Rapids; see docs/performance.md.
-SPARSE_DECODE_MAX_DENSITY = 0.05
+# Measured by benchmarks/bench_sae.py (N 1600, d_in 768, d_sae 49152, float32, 2-vCPU Sapphire
+# Rapids): sparse wins 1.3x at density 0.02, loses 1.5x at 0.05; linear interpolation crosses at
+# ~0.027. See docs/performance.md.
+SPARSE_DECODE_MAX_DENSITY = 0.025
 
 
 # Rows inspected to estimate the density: counting every non-zero costs a tenth of the decode itself.
