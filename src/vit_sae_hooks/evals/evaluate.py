@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,12 +17,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from vit_sae_hooks.errors import ConfigError, DataError, InputShapeError
 from vit_sae_hooks.evals.heads import head_for
 from vit_sae_hooks.evals.metrics import DownstreamStats, ReconstructionStats
+from vit_sae_hooks.data.batches import as_images_and_labels, image_batches
 from vit_sae_hooks.experiments.splice import resolve_positions
+from vit_sae_hooks.hook_names import hook_layer
 
 if TYPE_CHECKING:
     from vit_sae_hooks.model import HookedViT
@@ -140,13 +141,6 @@ def format_row(
 
 
 # ---------------------------------------------------------------------------------------------- data
-def _base_dataset(data: Any) -> Any:
-    dataset = data.dataset if isinstance(data, DataLoader) else data
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    return dataset
-
-
 def _label_map(classes: Sequence[str], head: nn.Module) -> Int[Tensor, " n_dataset_classes"] | None:
     """How a dataset's class indices map to the head's: by class name, else by position, else an error."""
     n_classes = head.n_classes
@@ -170,56 +164,7 @@ def _label_map(classes: Sequence[str], head: nn.Module) -> Int[Tensor, " n_datas
     )
 
 
-def _batches(
-    model: HookedViT, data: Any, labels: Tensor | None, batch_size: int, limit: int | None, num_workers: int | None
-) -> tuple[Iterable, int | None, Any]:
-    """An iterable of ``(images, labels or None)``, the number of images if known, and the underlying dataset."""
-    from vit_sae_hooks.data import image_loader, preprocess_for
-
-    if isinstance(data, Tensor):
-        if labels is not None and labels.shape[0] != data.shape[0]:
-            raise DataError(f"{data.shape[0]} images but {labels.shape[0]} labels; pass one label per image")
-        n = data.shape[0] if limit is None else min(limit, data.shape[0])
-        chunks = (
-            (data[start : start + batch_size], None if labels is None else labels[start : start + batch_size])
-            for start in range(0, n, batch_size)
-        )
-        return chunks, n, None
-    if labels is not None:
-        raise DataError("labels= goes with an images tensor; a dataset or loader brings its own labels")
-    if isinstance(data, (str, os.PathLike)):
-        data = image_loader(data, preprocess_for(model), batch_size=batch_size, num_workers=num_workers, limit=limit)
-    elif isinstance(data, Dataset) and not isinstance(data, DataLoader) and hasattr(data, "__len__"):
-        data = image_loader(data, batch_size=batch_size, num_workers=num_workers, limit=limit)
-    dataset = _base_dataset(data)
-    try:
-        total = len(data.dataset) if isinstance(data, DataLoader) else None
-    except TypeError:
-        total = None
-    if limit is not None and total is not None:
-        total = min(total, limit)
-    return data, total, dataset
-
-
-def _as_pair(item: Any) -> tuple[Tensor, Tensor | None]:
-    if isinstance(item, Tensor):
-        return item, None
-    if isinstance(item, (tuple, list)) and item and isinstance(item[0], Tensor):
-        return item[0], (torch.as_tensor(item[1]) if len(item) > 1 and item[1] is not None else None)
-    if isinstance(item, Mapping) and "pixel_values" in item:
-        return item["pixel_values"], item.get("labels", item.get("label"))
-    raise DataError(
-        f"cannot read a batch of type {type(item).__name__}; a loader must yield image tensors [batch, 3, H, W] or "
-        "(images, labels) pairs"
-    )
-
-
 # ---------------------------------------------------------------------------------------------- evaluate
-def _hook_layer(hook_name: str) -> int | None:
-    match = re.match(r"blocks\.(\d+)\.", hook_name)
-    return int(match.group(1)) if match else None
-
-
 class _TokenSelection:
     """Which rows of a hook's activation the SAE reads, and how to write rows back."""
 
@@ -334,12 +279,12 @@ def evaluate(
     head = head_for(model, head, use_logit_scale) if downstream else None
     if head is not None:
         head = head.to(device)
-    batches, total, dataset = _batches(model, data, labels, batch_size, limit, num_workers)
+    batches, total, dataset = image_batches(model, data, labels, batch_size, limit, num_workers)
     label_map = None
     if head is not None and getattr(dataset, "classes", None):
         label_map = _label_map(dataset.classes, head)
 
-    layer = _hook_layer(hook_name)
+    layer = hook_layer(hook_name)
     resid_name = f"blocks.{layer}.hook_resid_pre" if layer is not None else None
     cached = [hook_name] + ([resid_name] if downstream and resid_name not in (None, hook_name) else [])
     reconstruction = ReconstructionStats(sae.d_sae, active_image_threshold)
@@ -356,7 +301,7 @@ def evaluate(
     try:
         with torch.inference_mode():
             for item in batches:
-                images, batch_labels = _as_pair(item)
+                images, batch_labels = as_images_and_labels(item)
                 if limit is not None:
                     images = images[: limit - seen]
                     batch_labels = None if batch_labels is None else batch_labels[: images.shape[0]]

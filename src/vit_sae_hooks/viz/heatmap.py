@@ -16,7 +16,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from vit_sae_hooks.errors import ConfigError, InputShapeError
-from vit_sae_hooks.evals.evaluate import _hook_layer
+from vit_sae_hooks.hook_names import hook_layer
 
 if TYPE_CHECKING:
     from vit_sae_hooks.model import HookedViT
@@ -81,7 +81,7 @@ def token_activations(
         captured["acts"] = selected if selected.ndim == 3 else selected[:, None]
         captured["positions"] = hook.ctx.get("positions")
 
-    layer = _hook_layer(hook_name) if hook_name is not None else None
+    layer = hook_layer(hook_name) if hook_name is not None else None
     # Nothing after the hook's block changes the SAE's activations, so the rest of the model is skipped.
     stop = {"stop_at_layer": layer + 1} if layer is not None else {"return_type": None}
     with torch.no_grad(), model.saes([sae], use_error_term=False):

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from vit_sae_hooks.errors import ConfigError, DataError, InputShapeError
-from vit_sae_hooks.evals.evaluate import _as_pair, _batches
+from vit_sae_hooks.data.batches import as_images_and_labels, image_batches
 from vit_sae_hooks.viz.heatmap import FeatureSpec, feature_ids, patch_grid_size, patch_maps, token_activations
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ def top_activating(
     device, dtype = parameter.device, parameter.dtype
     if sae.W_enc.device != device:
         raise ConfigError(f"the SAE is on {sae.W_enc.device} but the model on {device}; move it with sae.to({str(device)!r})")
-    batches, total, dataset = _batches(model, data, labels, batch_size, limit, num_workers)
+    batches, total, dataset = image_batches(model, data, labels, batch_size, limit, num_workers)
 
     from tqdm.auto import tqdm
 
@@ -163,7 +163,7 @@ def top_activating(
     bar = tqdm(total=total, unit="img", desc=f"top images {sae.hook_name}", file=sys.stderr, disable=not progress)
     try:
         for item in batches:
-            images, batch_labels = _as_pair(item)
+            images, batch_labels = as_images_and_labels(item)
             if limit is not None:
                 images = images[: limit - seen]
                 batch_labels = None if batch_labels is None else batch_labels[: images.shape[0]]
