@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,13 +15,14 @@ from vit_sae_hooks.errors import ConfigError, DataError
 from vit_sae_hooks.training import (
     CachedActivations,
     TensorActivations,
-    TrainConfig,
     train_sae,
     write_activation_cache,
 )
 from vit_sae_hooks.training import cache as cache_module
 from vit_sae_hooks.training import checkpoint as checkpoint_module
 from vit_sae_hooks.training.checkpoint import CHECKPOINTS, LATEST, find_checkpoint, read_checkpoint
+
+from test_training import one_thread  # noqa: F401 - autouse fixture: single-threaded tiny problems
 
 # Shared by this process and the subprocess that gets killed, so both train on the same data and config.
 SETUP = """
@@ -40,14 +40,6 @@ namespace: dict = {}
 exec(SETUP, namespace)
 data: TensorActivations = namespace["data"]
 config = namespace["config"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def assert_same_weights(first: SAE, second: SAE) -> None:

@@ -6,12 +6,18 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from torch.utils.data import Subset
 
 from vit_sae_hooks.errors import ConfigError, DataError, VitSaeHooksError
 from vit_sae_hooks.training import distributed
 from vit_sae_hooks.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from vit_sae_hooks import SAE, HookedViT
+    from vit_sae_hooks.training.cache import CachedActivations
 
 # "relu" is what users call the standard architecture.
 _ARCHITECTURES = {"topk": "topk", "relu": "standard", "standard": "standard", "jumprelu": "jumprelu"}
@@ -77,7 +83,7 @@ def train_command(args: argparse.Namespace) -> int:
     try:
         return _train(args)
     except VitSaeHooksError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"vit-sae train: error: {error}", file=sys.stderr)
         return 2
 
 
@@ -142,7 +148,7 @@ def _finished(cache: Path) -> bool:
     return True
 
 
-def _check_cache_matches(data, args: argparse.Namespace, model) -> None:
+def _check_cache_matches(data: CachedActivations, args: argparse.Namespace, model: HookedViT) -> None:
     wanted = {"hook_name": args.hook, "token_set": args.tokens, "model_name": model.cfg.model_name}
     found = {name: getattr(data, name) for name in wanted}
     if found != wanted:
@@ -152,9 +158,7 @@ def _check_cache_matches(data, args: argparse.Namespace, model) -> None:
         )
 
 
-def _split_images(folder: str, model, held_out: int):
-    from torch.utils.data import Subset
-
+def _split_images(folder: str, model: HookedViT, held_out: int) -> tuple[Subset, Subset | None]:
     from vit_sae_hooks.data import ImageFolder, preprocess_for
 
     dataset = ImageFolder(folder, transform=preprocess_for(model))
@@ -164,7 +168,7 @@ def _split_images(folder: str, model, held_out: int):
     return train, Subset(dataset, range(len(dataset) - held, len(dataset))) if held else None
 
 
-def _print_evaluation(model, sae, held_out, args: argparse.Namespace) -> None:
+def _print_evaluation(model: HookedViT, sae: SAE, held_out: Subset | None, args: argparse.Namespace) -> None:
     from vit_sae_hooks.evals import EvalResult, evaluate
 
     if held_out is None:

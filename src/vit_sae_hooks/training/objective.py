@@ -123,15 +123,16 @@ class TrainingObjective(nn.Module):
         self, sae_in: Float[Tensor, "batch d_in"], residual: Float[Tensor, "batch d_in"], dead: Bool[Tensor, " d_sae"]
     ) -> Float[Tensor, ""]:
         # AuxK (Gao et al. 2024): the dead latents with the largest pre-activations try to reconstruct what
-        # the live ones missed, which gives dead latents a gradient again. Encoding only the dead columns
-        # keeps this cheap while few latents are dead, and reuses the kernels' sparse backward.
+        # the live ones missed, which gives dead latents a gradient again. k_aux (d_in / 2 by default) is a
+        # large share of the dead set, so within it the code is dense and plain GEMMs over the dead columns
+        # beat sparse gathers (measured 0.3-0.8 s against 3-14 s per step at N 1024, d_in 768, k_aux 384).
         sae = self.sae
         dead_latents = dead.nonzero().squeeze(1)
         k_aux = min(self.k_aux, len(dead_latents))
-        values, local = kernels.encode_topk(
-            sae_in, sae.W_enc[:, dead_latents], sae.b_enc[dead_latents], k_aux, apply_relu=True
-        )
-        residual_estimate = kernels.decode_topk(values, dead_latents[local], sae.W_dec, None)
+        pre = sae_in @ sae.W_enc[:, dead_latents] + sae.b_enc[dead_latents]
+        values, positions = pre.topk(k_aux, dim=-1, sorted=False)
+        acts = torch.zeros_like(pre).scatter(-1, positions, F.relu(values))
+        residual_estimate = acts @ sae.W_dec[dead_latents]
         scale = min(len(dead_latents) / self.k_aux, 1.0)
         return scale * (residual_estimate.float() - residual).pow(2).sum(-1).mean() / self.variance
 

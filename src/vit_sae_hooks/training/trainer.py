@@ -151,12 +151,7 @@ def train_sae(
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
             loss, stats, fired = model(batch, dead, sparsity_coefficient_at(step, config))
         loss.backward()
-        _constrain_decoder_gradient(sae)
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
-        run.optimizer.step()
-        run.optimizer.zero_grad(set_to_none=True)
-        _project_parameters(sae)
+        optimisation_step(sae, run.optimizer, config.grad_clip)
 
         # One collective per step: which latents fired anywhere, and the statistics for the progress bar.
         reduced = distributed.sum_over_processes(torch.cat([fired.double(), stats.double()]))
@@ -310,6 +305,20 @@ def _checkpoint(out: Path, run: _Run, config: TrainConfig, n_shards: int, stream
         }
         write_checkpoint(out, run.step, run.sae, state, config.keep_checkpoints)
     distributed.barrier()
+
+
+def optimisation_step(sae: SAE, optimizer: torch.optim.Optimizer, grad_clip: float) -> None:
+    """Apply the accumulated gradients: decoder-norm-preserving gradient, clipping, the step, unit-norm decoder rows.
+
+    Example:
+        >>> loss.backward(); optimisation_step(sae, optimizer, grad_clip=1.0)
+    """
+    _constrain_decoder_gradient(sae)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    _project_parameters(sae)
 
 
 def _constrain_decoder_gradient(sae: SAE) -> None:
