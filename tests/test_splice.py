@@ -280,3 +280,31 @@ def test_a_copied_sae_can_go_on_a_second_hook(images):
         model.add_sae(twin, hook_name="blocks.0.hook_resid_post")
         assert len(model.acts_to_saes) == 2
     model.reset_saes()
+
+
+def test_splicing_on_the_compiled_kernels_still_honours_every_hook(images, monkeypatch):
+    from vit_sae_hooks import kernels
+    from vit_sae_hooks.kernels import compiled
+
+    calls = []
+    original = compiled.compiled_encode_forward
+    monkeypatch.setattr(compiled, "compiled_encode_forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+
+    model, sae = _model(), _sae()
+    names = [sae.hook_name, f"{sae.hook_name}.hook_sae_recons", f"{sae.hook_name}.hook_sae_output"]
+    halve = [(f"{sae.hook_name}.hook_sae_recons", lambda recon, hook: recon * 0.5)]
+
+    def run():
+        with model.saes([sae]), model.hooks(fwd_hooks=halve):
+            return model.run_with_cache(images, names_filter=names)
+
+    eager_output, eager_cache = run()
+    with kernels.use_backend("compile"):
+        compiled_output, compiled_cache = run()
+    assert calls, "the SAE did not take the compiled encode"
+    for name in names:
+        torch.testing.assert_close(compiled_cache[name], eager_cache[name], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compiled_output, eager_output, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="backend='fast' is unknown"):
+        with kernels.use_backend("fast"):
+            pass

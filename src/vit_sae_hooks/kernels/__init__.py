@@ -29,6 +29,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Literal
 
 import torch
@@ -41,7 +44,7 @@ from vit_sae_hooks.kernels.autograd import KernelSet, SparseDecode, TopKEncode
 from vit_sae_hooks.kernels.relu_decode import decode_dense_or_sparse
 from vit_sae_hooks.kernels.validation import check_chunk_size, check_decode_inputs, check_encode_inputs
 
-__all__ = ["AUTO_CHUNK_ELEMENTS", "Backend", "decode_dense_or_sparse", "decode_topk", "encode_topk"]
+__all__ = ["AUTO_CHUNK_ELEMENTS", "Backend", "decode_dense_or_sparse", "decode_topk", "encode_topk", "use_backend"]
 
 Backend = Literal["auto", "torch", "chunked", "compile", "triton"]
 
@@ -69,9 +72,37 @@ def _torch_kernels(encode_forward=cpu.encode_forward, name: str = "torch") -> Ke
     )
 
 
-def _resolve_backend(backend: str, tensor: Tensor, n_pre_elements: int) -> str:
+# What backend="auto" means inside a ``use_backend`` block; "auto" outside one.
+_PREFERRED_BACKEND: ContextVar[str] = ContextVar("vit_sae_hooks_kernel_backend", default="auto")
+
+
+def _check_backend(backend: str) -> None:
     if backend not in _BACKENDS:
         raise ConfigError(f"backend={backend!r} is unknown; choose one of {', '.join(map(repr, _BACKENDS))}.")
+
+
+@contextmanager
+def use_backend(backend: Backend) -> Iterator[None]:
+    """Make every ``backend="auto"`` call (all an SAE makes) use ``backend`` inside a ``with`` block.
+
+    Only the SAE's encode/decode change; the hooked model and every hook run as usual.
+
+    Example:
+        >>> with use_backend("compile"):
+        ...     logits = model.run_with_saes(images, saes=[sae])
+    """
+    _check_backend(backend)
+    token = _PREFERRED_BACKEND.set(backend)
+    try:
+        yield
+    finally:
+        _PREFERRED_BACKEND.reset(token)
+
+
+def _resolve_backend(backend: str, tensor: Tensor, n_pre_elements: int) -> str:
+    _check_backend(backend)
+    if backend == "auto":
+        backend = _PREFERRED_BACKEND.get()
     if backend != "auto":
         return backend
     if tensor.is_cuda and tensor.dtype in _TRITON_DTYPES and _triton_importable():
