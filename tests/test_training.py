@@ -223,3 +223,24 @@ def test_bad_inputs_raise_library_errors():
 def test_block_stream_rejects_empty_blocks():
     with pytest.raises(DataError, match="no tokens"):
         BlockStream(lambda index: torch.empty(0, 4)).next_batch(1)
+
+
+def test_wandb_is_imported_only_when_asked_and_receives_the_live_metrics(monkeypatch):
+    import sys
+    import types
+
+    logged = []
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kwargs: types.SimpleNamespace(
+        id="run-1", log=lambda values, step: logged.append((step, values)), finish=lambda: logged.append("finished")
+    )
+    x, _ = sparse_data(n=2000)
+    config = dict(architecture="topk", k=4, d_sae=64, batch_size=200, tokens_budget=1000, init_tokens=400, log_every=2)
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: only an error if asked for
+    train_sae(TensorActivations(x), TrainConfig(**config), progress=False)
+    with pytest.raises(ConfigError, match="pip install wandb"):
+        train_sae(TensorActivations(x), TrainConfig(**config, wandb_project="p"), progress=False)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    train_sae(TensorActivations(x), TrainConfig(**config, wandb_project="p"), progress=False)
+    assert [step for step, _ in logged[:-1]] == [2, 4, 5] and logged[-1] == "finished"
+    assert {"loss", "explained_variance", "l0", "dead_fraction", "lr"} <= set(logged[0][1])
