@@ -7,6 +7,7 @@ import sys
 
 import torch
 
+from vit_sae_hooks.demo.cli import register as register_demo
 from vit_sae_hooks.evals.cli import register as register_eval
 from vit_sae_hooks.training.cli import register as register_train
 
@@ -58,7 +59,7 @@ def register_inspect(commands: argparse._SubParsersAction) -> None:
 
 
 # Each feature registers its own subcommand: a function taking the subparsers and setting ``run``.
-SUBCOMMANDS = [register_inspect, register_eval, register_train]
+SUBCOMMANDS = [register_demo, register_inspect, register_eval, register_train]
 
 
 def main(argv: list[str] | None = None) -> int:
