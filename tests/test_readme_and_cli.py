@@ -18,7 +18,7 @@ def test_readme_example_runs(capsys):
     assert len(example.strip().splitlines()) <= 12
     exec(compile(example, "README.md", "exec"), {})
     printed = capsys.readouterr().out
-    assert "torch.Size([2, 17, 64])" in printed
+    assert "torch.Size([2, 17, 512])" in printed and "tensor(" in printed
 
 
 def test_ci_runs_the_readme_test_command():
@@ -27,6 +27,7 @@ def test_ci_runs_the_readme_test_command():
     assert len(commands) == 2
     assert commands[1] in (ROOT / ".ci" / "run").read_text()
     assert "constraints-cpu.txt" in commands[0] and "constraints-cpu.txt" in commands[1]
+    assert commands[0].endswith("vit-sae demo")
 
 
 def test_inspect_lists_hooks_with_shapes(capsys):

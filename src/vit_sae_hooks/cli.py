@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 import torch
 
 from vit_sae_hooks.demo.cli import register as register_demo
+from vit_sae_hooks.errors import VitSaeHooksError
 from vit_sae_hooks.evals.cli import register as register_eval
 from vit_sae_hooks.training.cli import register as register_train
 
@@ -62,6 +64,15 @@ def register_inspect(commands: argparse._SubParsersAction) -> None:
 SUBCOMMANDS = [register_demo, register_inspect, register_eval, register_train]
 
 
+def run_reporting_errors(prog: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """``run(args)``, with a library error printed as one line on stderr (exit status 2) instead of a traceback."""
+    try:
+        return run(args)
+    except VitSaeHooksError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``vit-sae``."""
     parser = argparse.ArgumentParser(prog="vit-sae", description="Hooked vision transformers and sparse autoencoders.")
@@ -69,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     for register in SUBCOMMANDS:
         register(commands)
     args = parser.parse_args(argv)
-    return args.run(args)
+    return run_reporting_errors(f"vit-sae {args.command}", args.run, args)
 
 
 if __name__ == "__main__":

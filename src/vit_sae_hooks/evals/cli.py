@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from vit_sae_hooks.errors import ConfigError, VitSaeHooksError
+from vit_sae_hooks.errors import ConfigError
 
 
 def _load_head_argument(args: argparse.Namespace) -> str | None:
@@ -56,15 +56,7 @@ def _sae_names(args: argparse.Namespace) -> list[str]:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Evaluate the SAE(s) and print the markdown table; errors are printed without a traceback."""
-    try:
-        return _run_eval(args)
-    except VitSaeHooksError as error:
-        print(f"vit-sae eval: error: {error}", file=sys.stderr)
-        return 2
-
-
-def _run_eval(args: argparse.Namespace) -> int:
+    """Evaluate the SAE(s) and print the markdown table."""
     from vit_sae_hooks import SAE, HookedViT, pretrained
     from vit_sae_hooks.data import Preprocess, image_loader, preprocess_for
     from vit_sae_hooks.evals.evaluate import EvalResult, evaluate, format_row

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import Subset
 
-from vit_sae_hooks.errors import ConfigError, DataError, VitSaeHooksError
+from vit_sae_hooks.errors import ConfigError, DataError
 from vit_sae_hooks.training import distributed
 from vit_sae_hooks.training.config import TrainConfig
 
@@ -79,15 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    """Run ``vit-sae train``: 0 after printing the held-out evaluation row; 2 with the message of a library error."""
-    try:
-        return _train(args)
-    except VitSaeHooksError as error:
-        print(f"vit-sae train: error: {error}", file=sys.stderr)
-        return 2
-
-
-def _train(args: argparse.Namespace) -> int:
+    """Run ``vit-sae train``: train, save, then print the held-out evaluation row."""
     from vit_sae_hooks import HookedViT
     from vit_sae_hooks.training.activations import ImageActivations
     from vit_sae_hooks.training.cache import CachedActivations, write_activation_cache
@@ -197,4 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m vit_sae_hooks.train ARGS``: the same options as ``vit-sae train``."""
     parser = argparse.ArgumentParser(prog="python -m vit_sae_hooks.train", description="Train an SAE on a hook.")
     add_arguments(parser)
-    return train_command(parser.parse_args(argv))
+    from vit_sae_hooks.cli import run_reporting_errors
+
+    return run_reporting_errors(parser.prog, train_command, parser.parse_args(argv))
