@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -74,3 +74,23 @@ def as_images_and_labels(item: Any) -> tuple[Tensor, Tensor | None]:
         f"cannot read a batch of type {type(item).__name__}; a loader must yield image tensors [batch, 3, H, W] or "
         "(images, labels) pairs"
     )
+
+
+def limited_batches(batches: Iterable, limit: int | None) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """``(images, labels or None)`` for each batch, cut so that at most ``limit`` images come out in all.
+
+    Example:
+        >>> for images, labels in limited_batches(loader, limit=1000): ...
+    """
+    seen = 0
+    for item in batches:
+        images, labels = as_images_and_labels(item)
+        if limit is not None:
+            images = images[: limit - seen]
+            labels = None if labels is None else labels[: images.shape[0]]
+        if images.shape[0] == 0:
+            return
+        yield images, labels
+        seen += images.shape[0]
+        if limit is not None and seen >= limit:
+            return

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from vit_sae_hooks.errors import ConfigError, DataError, InputShapeError
 from vit_sae_hooks.evals.heads import head_for
 from vit_sae_hooks.evals.metrics import DownstreamStats, ReconstructionStats
-from vit_sae_hooks.data.batches import as_images_and_labels, image_batches
+from vit_sae_hooks.data.batches import image_batches, limited_batches
 from vit_sae_hooks.experiments.splice import resolve_positions
 from vit_sae_hooks.hook_names import hook_layer
 
@@ -300,13 +300,7 @@ def evaluate(
     sae.eval()
     try:
         with torch.inference_mode():
-            for item in batches:
-                images, batch_labels = as_images_and_labels(item)
-                if limit is not None:
-                    images = images[: limit - seen]
-                    batch_labels = None if batch_labels is None else batch_labels[: images.shape[0]]
-                if images.shape[0] == 0:
-                    break
+            for images, batch_labels in limited_batches(batches, limit):
                 images = images.to(device=device, dtype=dtype)
                 batch = images.shape[0]
                 stop = layer + 1 if not downstream and layer is not None else None
@@ -341,8 +335,6 @@ def evaluate(
                                    batch_labels if head is not None else None)
                 seen += batch
                 bar.update(batch)
-                if limit is not None and seen >= limit:
-                    break
     finally:
         bar.close()
         model.train(was_training[0])

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from vit_sae_hooks.errors import ConfigError, DataError, InputShapeError
-from vit_sae_hooks.data.batches import as_images_and_labels, image_batches
+from vit_sae_hooks.data.batches import image_batches, limited_batches
 from vit_sae_hooks.viz.heatmap import FeatureSpec, feature_ids, patch_grid_size, patch_maps, token_activations
 
 if TYPE_CHECKING:
@@ -162,13 +162,7 @@ def top_activating(
     first_shape = None
     bar = tqdm(total=total, unit="img", desc=f"top images {sae.hook_name}", file=sys.stderr, disable=not progress)
     try:
-        for item in batches:
-            images, batch_labels = as_images_and_labels(item)
-            if limit is not None:
-                images = images[: limit - seen]
-                batch_labels = None if batch_labels is None else batch_labels[: images.shape[0]]
-            if images.shape[0] == 0:
-                break
+        for images, batch_labels in limited_batches(batches, limit):
             first_shape = first_shape or tuple(images.shape[1:])
             if tuple(images.shape[1:]) != first_shape:
                 raise InputShapeError(
@@ -193,8 +187,6 @@ def top_activating(
             )
             seen += batch
             bar.update(batch)
-            if limit is not None and seen >= limit:
-                break
     finally:
         bar.close()
     if seen == 0:
