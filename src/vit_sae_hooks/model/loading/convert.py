@@ -133,6 +133,28 @@ def split_fused(weight: Tensor, bias: Tensor | None, parts: int = 3) -> list[tup
     return list(zip(weights, biases))
 
 
+def fused_qkv_block(
+    source: TensorSource, prefix: str, *, ln1: str, qkv: tuple[str, str], out: str, ln2: str, fc1: str, fc2: str,
+    layer_scales: tuple[str, str],
+) -> BlockWeights:
+    """A block whose queries, keys and values share one projection (open_clip's ``in_proj``, timm's ``qkv``).
+
+    ``qkv`` names the fused weight and bias; the other names are modules with ``.weight``/``.bias``;
+    ``layer_scales`` the optional attention and MLP layer-scale vectors.
+    """
+    (q_w, q_b), (k_w, k_b), (v_w, v_b) = split_fused(source.get(prefix + qkv[0]), source.optional(prefix + qkv[1]))
+    return BlockWeights(
+        ln1_w=source.get(f"{prefix}{ln1}.weight"), ln1_b=source.get(f"{prefix}{ln1}.bias"),
+        q_w=q_w, q_b=q_b, k_w=k_w, k_b=k_b, v_w=v_w, v_b=v_b,
+        o_w=source.get(f"{prefix}{out}.weight"), o_b=source.optional(f"{prefix}{out}.bias"),
+        ln2_w=source.get(f"{prefix}{ln2}.weight"), ln2_b=source.get(f"{prefix}{ln2}.bias"),
+        fc1_w=source.get(f"{prefix}{fc1}.weight"), fc1_b=source.optional(f"{prefix}{fc1}.bias"),
+        fc2_w=source.get(f"{prefix}{fc2}.weight"), fc2_b=source.optional(f"{prefix}{fc2}.bias"),
+        layer_scale_attn=source.optional(prefix + layer_scales[0]),
+        layer_scale_mlp=source.optional(prefix + layer_scales[1]),
+    )
+
+
 def _zeros_if_none(bias: Tensor | None, size: int, like: Tensor) -> Tensor:
     return torch.zeros(size, dtype=like.dtype) if bias is None else bias
 

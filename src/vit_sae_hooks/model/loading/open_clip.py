@@ -8,7 +8,13 @@ from torch import Tensor
 
 from vit_sae_hooks.errors import CheckpointFormatError
 from vit_sae_hooks.model.config import HookedViTConfig
-from vit_sae_hooks.model.loading.convert import BlockWeights, TensorSource, assemble_state_dict, load_tensors, split_fused
+from vit_sae_hooks.model.loading.convert import (
+    BlockWeights,
+    TensorSource,
+    assemble_state_dict,
+    fused_qkv_block,
+    load_tensors,
+)
 
 OPEN_CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
@@ -78,14 +84,7 @@ def load_open_clip(folder: Path, config: dict) -> tuple[HookedViTConfig, dict[st
 
 
 def _block(source: TensorSource, p: str) -> BlockWeights:
-    (q_w, q_b), (k_w, k_b), (v_w, v_b) = split_fused(source.get(f"{p}attn.in_proj_weight"), source.optional(f"{p}attn.in_proj_bias"))
-    return BlockWeights(
-        ln1_w=source.get(f"{p}ln_1.weight"), ln1_b=source.get(f"{p}ln_1.bias"),
-        q_w=q_w, q_b=q_b, k_w=k_w, k_b=k_b, v_w=v_w, v_b=v_b,
-        o_w=source.get(f"{p}attn.out_proj.weight"), o_b=source.optional(f"{p}attn.out_proj.bias"),
-        ln2_w=source.get(f"{p}ln_2.weight"), ln2_b=source.get(f"{p}ln_2.bias"),
-        fc1_w=source.get(f"{p}mlp.c_fc.weight"), fc1_b=source.optional(f"{p}mlp.c_fc.bias"),
-        fc2_w=source.get(f"{p}mlp.c_proj.weight"), fc2_b=source.optional(f"{p}mlp.c_proj.bias"),
-        layer_scale_attn=source.optional(f"{p}ls_1.gamma"),
-        layer_scale_mlp=source.optional(f"{p}ls_2.gamma"),
+    return fused_qkv_block(
+        source, p, ln1="ln_1", qkv=("attn.in_proj_weight", "attn.in_proj_bias"), out="attn.out_proj", ln2="ln_2",
+        fc1="mlp.c_fc", fc2="mlp.c_proj", layer_scales=("ls_1.gamma", "ls_2.gamma"),
     )

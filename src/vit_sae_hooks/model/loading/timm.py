@@ -9,7 +9,13 @@ from torch import Tensor
 
 from vit_sae_hooks.errors import CheckpointFormatError
 from vit_sae_hooks.model.config import HookedViTConfig
-from vit_sae_hooks.model.loading.convert import BlockWeights, TensorSource, assemble_state_dict, load_tensors, split_fused
+from vit_sae_hooks.model.loading.convert import (
+    BlockWeights,
+    TensorSource,
+    assemble_state_dict,
+    fused_qkv_block,
+    load_tensors,
+)
 
 TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
@@ -102,14 +108,7 @@ def load_timm(folder: Path, config: dict) -> tuple[HookedViTConfig, dict[str, Te
 
 
 def _block(source: TensorSource, p: str) -> BlockWeights:
-    (q_w, q_b), (k_w, k_b), (v_w, v_b) = split_fused(source.get(f"{p}attn.qkv.weight"), source.optional(f"{p}attn.qkv.bias"))
-    return BlockWeights(
-        ln1_w=source.get(f"{p}norm1.weight"), ln1_b=source.get(f"{p}norm1.bias"),
-        q_w=q_w, q_b=q_b, k_w=k_w, k_b=k_b, v_w=v_w, v_b=v_b,
-        o_w=source.get(f"{p}attn.proj.weight"), o_b=source.optional(f"{p}attn.proj.bias"),
-        ln2_w=source.get(f"{p}norm2.weight"), ln2_b=source.get(f"{p}norm2.bias"),
-        fc1_w=source.get(f"{p}mlp.fc1.weight"), fc1_b=source.optional(f"{p}mlp.fc1.bias"),
-        fc2_w=source.get(f"{p}mlp.fc2.weight"), fc2_b=source.optional(f"{p}mlp.fc2.bias"),
-        layer_scale_attn=source.optional(f"{p}ls1.gamma"),
-        layer_scale_mlp=source.optional(f"{p}ls2.gamma"),
+    return fused_qkv_block(
+        source, p, ln1="norm1", qkv=("attn.qkv.weight", "attn.qkv.bias"), out="attn.proj", ln2="norm2",
+        fc1="mlp.fc1", fc2="mlp.fc2", layer_scales=("ls1.gamma", "ls2.gamma"),
     )
