@@ -55,3 +55,17 @@ def test_demo_command(capsys, tmp_path):
                      "Figures written"):
         assert expected in out
     assert len(list(tmp_path.glob("*.png"))) == 6
+
+
+@pytest.mark.slow
+def test_rebuilding_from_scratch_matches_the_shipped_metrics(tmp_path):
+    from vit_sae_hooks.demo.build import build
+
+    rebuilt = build(tmp_path / "shapes-vit", progress=False)
+    shipped = held_out_quality(HookedViT.from_pretrained(MODEL_NAME), SAE.from_pretrained(SAE_NAME))
+    assert rebuilt.accuracy == pytest.approx(shipped["accuracy"], abs=0.01)
+    assert rebuilt.explained_variance_pct == pytest.approx(shipped["explained_variance_pct"], abs=1.5)
+    assert rebuilt.ce_recovered_pct == pytest.approx(shipped["ce_recovered_pct"], abs=1.5)
+    assert rebuilt.l0 == pytest.approx(shipped["l0"], abs=0.5)
+    rebuilt_model = HookedViT.from_pretrained(rebuilt.folder)
+    assert rebuilt_model.cfg == HookedViT.from_pretrained(MODEL_NAME).cfg
