@@ -1,7 +1,10 @@
 """HookedViT forward time against transformers' CLIPVisionModel on the same weights, measured in one run.
 
-Prints a table of times and ratios (target: HookedViT <= 1.05x HF with no hooks attached), and the cost of
-caching every hook and of forcing the explicit attention path.
+Prints a table of times and ratios (target: HookedViT <= 1.05x HF with no hooks attached), the cost of
+caching every hook and of forcing the explicit attention path, and the cost of one TopK SAE spliced at
+blocks.9.hook_resid_post against its encode GEMM alone (target: spliced <= bare + 1.15x the GEMM). With
+``--memory`` it also measures, each in a fresh process, the peak memory growth of the bare and the spliced
+forward, next to the size a dense ``[tokens, d_sae]`` activation tensor would take.
 
     python benchmarks/bench_model.py            # ViT-B/32 shape, batch 32
     python benchmarks/bench_model.py --quick    # smaller, for a smoke run
@@ -14,6 +17,8 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,7 +26,40 @@ from collections.abc import Callable
 import torch
 import transformers
 
-from vit_sae_hooks import HookedViT
+from vit_sae_hooks import SAE, HookedViT, SAEConfig
+
+SAE_HOOK = "blocks.9.hook_resid_post"
+
+
+def _sae(d_sae: int, layers: int) -> SAE:
+    hook = SAE_HOOK if layers > 9 else f"blocks.{layers - 1}.hook_resid_post"
+    return SAE(SAEConfig(d_in=768, d_sae=d_sae, architecture="topk", k=64, hook_name=hook)).eval()
+
+
+def _peak_memory_growth(case: str, layers: int, batch: int, d_sae: int) -> float:
+    """MiB of peak resident-memory growth of one forward (run in this fresh process; Linux only)."""
+    config = transformers.CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=layers,
+                                           num_attention_heads=12, image_size=224, patch_size=32)
+    with tempfile.TemporaryDirectory() as folder:
+        transformers.CLIPVisionModel(config).save_pretrained(folder)
+        model = HookedViT.from_pretrained(folder).eval()
+    sae = _sae(d_sae, layers)
+    images = torch.randn(batch, 3, 224, 224)
+    # Loading set a high-water mark above what a forward needs; reset it so the peak is the forward's own.
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    before = _status_kib("VmRSS")
+    with torch.inference_mode():
+        if case == "spliced":
+            model.run_with_saes(images, saes=[sae])
+        else:
+            model(images)
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith(field + ":"))
 
 
 def _time(fn: Callable[[], object], repeats: int) -> float:
@@ -41,8 +79,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--d-sae", type=int, default=49152)
+    parser.add_argument("--memory", action="store_true", help="also measure peak memory, bare vs spliced")
+    parser.add_argument("--memory-case", choices=["bare", "spliced"], help=argparse.SUPPRESS)
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
+    if args.memory_case:
+        layers = 4 if args.quick else 12
+        print(_peak_memory_growth(args.memory_case, layers, args.batch or (8 if args.quick else 32), args.d_sae))
+        return
     dtype = getattr(torch, args.dtype)
     layers = 4 if args.quick else 12
     batch = args.batch or (8 if args.quick else 32)
@@ -57,6 +102,8 @@ def main() -> None:
         model = HookedViT.from_pretrained(folder, device=args.device, dtype=dtype).eval()
     hf_model = hf_model.to(device=args.device, dtype=dtype)
     images = torch.randn(batch, 3, 224, 224, device=args.device, dtype=dtype)
+    sae = _sae(args.d_sae, layers).to(device=args.device, dtype=dtype)
+    tokens = torch.randn(batch * model.cfg.n_ctx, 768, device=args.device, dtype=dtype)
 
     def synced(fn):
         def run():
@@ -72,6 +119,8 @@ def main() -> None:
         "HookedViT": synced(lambda: model(images)),
         "HookedViT, explicit attention": synced(lambda: model.run_with_hooks(images, fwd_hooks=explicit)),
         "HookedViT, run_with_cache (all hooks)": synced(lambda: model.run_with_cache(images)),
+        "HookedViT + TopK SAE spliced": synced(lambda: model.run_with_saes(images, saes=[sae])),
+        "encode GEMM alone (floor)": synced(lambda: tokens @ sae.W_enc),
     }
     # Interleave the repeats so drift in machine load hits every case alike.
     results = {name: [] for name in cases}
@@ -86,10 +135,26 @@ def main() -> None:
     print(f"{'case':<40} {'seconds':>9} {'x HF':>7}")
     for name, seconds in medians.items():
         print(f"{name:<40} {seconds:>9.4f} {seconds / baseline:>7.3f}")
+    splice_cost = (medians["HookedViT + TopK SAE spliced"] - medians["HookedViT"]) / medians["encode GEMM alone (floor)"]
+    print(f"SAE splice cost: {splice_cost:.3f}x the encode GEMM (target <= 1.15; d_sae {args.d_sae}, k 64, "
+          f"{batch * model.cfg.n_ctx} tokens)")
+    results = {"device": device_name, "dtype": args.dtype, "batch": batch, "layers": layers, "d_sae": args.d_sae,
+               "seconds": medians, "ratio_to_hf": {k: v / baseline for k, v in medians.items()},
+               "splice_cost_in_encode_gemms": splice_cost}
+    if args.memory:
+        growth = {}
+        for case in ("bare", "spliced"):
+            command = [sys.executable, __file__, "--memory-case", case, "--d-sae", str(args.d_sae), "--batch", str(batch)]
+            command += ["--quick"] if args.quick else []
+            growth[case] = float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()[-1])
+        dense = batch * model.cfg.n_ctx * args.d_sae * 4 / 2**20
+        print(f"peak memory growth of one forward: bare {growth['bare']:.0f} MiB, spliced {growth['spliced']:.0f} MiB "
+              f"(+{growth['spliced'] - growth['bare']:.0f} MiB; one dense [tokens, d_sae] float32 tensor is {dense:.0f} MiB)")
+        results["peak_memory_growth_mib"] = growth
+        results["dense_activation_tensor_mib"] = dense
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"device": device_name, "dtype": args.dtype, "batch": batch, "layers": layers,
-                       "seconds": medians, "ratio_to_hf": {k: v / baseline for k, v in medians.items()}}, handle, indent=2)
+            json.dump(results, handle, indent=2)
 
 
 if __name__ == "__main__":
