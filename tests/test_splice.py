@@ -308,3 +308,16 @@ def test_splicing_on_the_compiled_kernels_still_honours_every_hook(images, monke
     with pytest.raises(ConfigError, match="backend='fast' is unknown"):
         with kernels.use_backend("fast"):
             pass
+
+
+@pytest.mark.parametrize("where", [slice(None), slice(0, 1), slice(2, None), slice(1, 9, 3), torch.tensor([7, 0, 4])])
+def test_take_and_put_rows_match_indexing(where):
+    from vit_sae_hooks.experiments.splice import put_rows, take_rows
+
+    x = torch.randn(2, N_POS, 3)
+    rows = take_rows(x, where)
+    torch.testing.assert_close(rows, x[:, where])
+    replacement = torch.randn_like(rows)
+    expected = x.clone()
+    expected[:, where] = replacement
+    torch.testing.assert_close(put_rows(x, where, replacement), expected)

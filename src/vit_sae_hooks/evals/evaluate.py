@@ -23,7 +23,7 @@ from vit_sae_hooks.errors import ConfigError, DataError, InputShapeError
 from vit_sae_hooks.evals.heads import head_for
 from vit_sae_hooks.evals.metrics import DownstreamStats, ReconstructionStats
 from vit_sae_hooks.data.batches import image_batches, limited_batches
-from vit_sae_hooks.experiments.splice import resolve_positions
+from vit_sae_hooks.experiments.splice import put_rows, resolve_positions, take_rows
 from vit_sae_hooks.hook_names import hook_layer
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ class _TokenSelection:
 
     def rows(self, activation: Tensor) -> Float[Tensor, "batch n_selected d_in"]:
         x = activation.flatten(-2) if self.flatten_heads else activation
-        return x[:, self.positions] if self.has_positions else x[:, None]
+        return take_rows(x, self.positions) if self.has_positions else x[:, None]
 
     def is_cls(self, batch: int, has_cls_token: bool) -> Tensor:
         if not self.has_positions:
@@ -208,8 +208,8 @@ class _TokenSelection:
             x = activation.flatten(-2) if self.flatten_heads else activation
             if not self.has_positions:
                 return values[:, 0].to(x.dtype)
-            x = x.clone()
-            x[:, self.positions] = 0 if values is None else values.to(x.dtype)
+            rows = torch.zeros_like(take_rows(x, self.positions)) if values is None else values
+            x = put_rows(x, self.positions, rows)
             return x.unflatten(-1, activation.shape[-2:]) if self.flatten_heads else x
 
         return hook

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Union
 
 import torch
-from jaxtyping import Bool
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from vit_sae_hooks.errors import ConfigError, HookNameError, InputShapeError
@@ -64,6 +64,32 @@ def resolve_positions(
     return positions % n_pos
 
 
+def take_rows(x: Float[Tensor, "batch pos *feature"], where: slice | Tensor) -> Tensor:
+    """The token rows ``where`` (a slice or positions from :func:`resolve_positions`) selects along dim 1.
+
+    Example:
+        >>> cls_rows = take_rows(resid, slice(0, 1))  # [batch, 1, d_model]
+    """
+    return x[:, where] if isinstance(where, slice) else x.index_select(1, where.to(x.device))
+
+
+def put_rows(x: Float[Tensor, "batch pos *feature"], where: slice | Tensor, rows: Tensor) -> Tensor:
+    """``x`` with the token rows at ``where`` replaced by ``rows``, out of place (so autograd sees both).
+
+    Example:
+        >>> spliced = put_rows(resid, slice(1, None), sae(take_rows(resid, slice(1, None))))
+    """
+    rows = rows.to(x.dtype)
+    if not isinstance(where, slice):
+        return x.index_copy(1, where.to(x.device), rows)
+    start, stop, step = where.indices(x.shape[1])
+    if step != 1:
+        return x.index_copy(1, torch.arange(start, stop, step, device=x.device), rows)
+    if (start, stop) == (0, x.shape[1]):
+        return rows
+    return torch.cat([x[:, :start], rows, x[:, stop:]], dim=1)
+
+
 @dataclass
 class Splice:
     """One SAE attached at one hook: the hook function that swaps in the reconstruction, and its bookkeeping."""
@@ -93,20 +119,12 @@ class Splice:
         n_pos = x.shape[1]
         where = resolve_positions(self.tokens, n_pos, self.n_prefix_tokens, self.has_cls_token)
         all_positions = torch.arange(n_pos, device=x.device)
-        if isinstance(where, slice):
-            self._set_positions(all_positions[where])
-            recon = self.sae(x[:, where])
-            if where == slice(None):
-                return recon
-            return torch.cat([x[:, : where.start], recon], dim=1) if where.stop is None else torch.cat(
-                [recon, x[:, where.stop :]], dim=1
-            )
-        if where.dtype == torch.bool:  # [batch, pos]: the SAE sees every token, the mask picks the output
+        if isinstance(where, Tensor) and where.dtype == torch.bool:
+            # [batch, pos]: the SAE sees every token and the mask picks, per image, where its output goes.
             self._set_positions(all_positions)
             return torch.where(where.to(x.device)[..., None], self.sae(x), x)
-        where = where.to(x.device)
-        self._set_positions(where)
-        return x.index_copy(1, where, self.sae(x.index_select(1, where)))
+        self._set_positions(all_positions[where])
+        return put_rows(x, where, self.sae(take_rows(x, where)))
 
     def _set_positions(self, positions: Tensor | None) -> None:
         # Interventions read which model positions the rows of the SAE's tensors are (see interventions.py).
