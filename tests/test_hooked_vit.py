@@ -195,6 +195,19 @@ def test_save_and_load_round_trip(tmp_path, small_images):
     torch.testing.assert_close(loaded(small_images), model(small_images))
 
 
+def test_saved_checkpoint_missing_a_parameter_is_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from vit_sae_hooks.errors import CheckpointFormatError
+
+    HookedViT(CONFIGS["clip_like"]).save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    del tensors["blocks.1.mlp.W_out"]
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointFormatError, match=r"missing parameters \['blocks\.1\.mlp\.W_out'\]"):
+        HookedViT.from_pretrained(tmp_path)
+
+
 # ---------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     "images, message",

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from vit_sae_hooks.errors import ConfigError
 
@@ -112,9 +112,9 @@ class HookedViTConfig:
         if self.pos_embed_prefix is None:
             self.pos_embed_prefix = 1 if self.has_cls_token else 0
         for name, value, allowed in (
-            ("pool_type", self.pool_type, ("cls", "mean", "map")),
-            ("head_type", self.head_type, ("none", "linear", "linear_tanh")),
-            ("mlp_type", self.mlp_type, ("standard", "swiglu")),
+            ("pool_type", self.pool_type, get_args(PoolType)),
+            ("head_type", self.head_type, get_args(HeadType)),
+            ("mlp_type", self.mlp_type, get_args(MlpType)),
         ):
             if value not in allowed:
                 raise ConfigError(f"{name}={value!r} is not supported; choose one of {allowed}")
@@ -154,11 +154,6 @@ class HookedViTConfig:
     def n_ctx(self) -> int:
         """Sequence length at the native image size."""
         return self.n_prefix_tokens + self.n_patches
-
-    @property
-    def d_pooled(self) -> int:
-        """Width of the pooled vector (``hook_pooled``)."""
-        return self.d_model
 
     @property
     def d_out(self) -> int:

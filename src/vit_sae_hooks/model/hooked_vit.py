@@ -371,10 +371,12 @@ class HookedViT(HookedRootModule):
             >>> model = HookedViT.from_pretrained("laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K")
         """
         from vit_sae_hooks.model.loading import load_checkpoint
+        from vit_sae_hooks.model.loading.convert import check_expected_keys
 
         cfg, state_dict = load_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir)
         cfg.use_attn_result = use_attn_result
         model = cls(cfg)
+        check_expected_keys(model.state_dict(), state_dict, str(name_or_path))
         model.load_state_dict(state_dict, strict=True)
         return model.to(device=device, dtype=dtype)
 
