@@ -75,33 +75,33 @@ def run_demo(out: str | Path | None = "vit-sae-demo", n_images: int = 1000, figu
     selective: dict[str, list[tuple[int, float]]] = {}
     say("")
     say("Most selective features per class (mean activation in class minus outside it):")
+    selectivity = torch.stack(
+        [per_image[labels == c].mean(0) - per_image[labels != c].mean(0) for c in range(len(shapes.CLASSES))]
+    )
     for class_id, name in enumerate(shapes.CLASSES):
-        inside = labels == class_id
-        score = per_image[inside].mean(0) - per_image[~inside].mean(0)
-        top = score.topk(FEATURES_PER_CLASS)
+        top = selectivity[class_id].topk(FEATURES_PER_CLASS)
         selective[name] = list(zip(top.indices.tolist(), top.values.tolist()))
         say(f"  {name:<9} " + ", ".join(f"#{f} ({s:+.2f})" for f, s in selective[name]))
 
     # 3. ablating a class's top features hurts that class, ablating as many random ones barely does
     target = max(range(len(shapes.CLASSES)), key=lambda c: selective[shapes.CLASSES[c]][0][1])
     target_name = shapes.CLASSES[target]
-    class_features = (per_image[labels == target].mean(0) - per_image[labels != target].mean(0)).topk(ABLATED_FEATURES)
-    chosen = class_features.indices.tolist()
+    chosen = selectivity[target].topk(ABLATED_FEATURES).indices.tolist()
     rng = random.Random(0)
-    others = [f for f in range(sae.d_sae) if f not in chosen and per_image[:, f].max() > 0]
-    random_features = rng.sample(others, ABLATED_FEATURES)
+    other_active = [f for f in range(sae.d_sae) if f not in chosen and per_image[:, f].max() > 0]
+    random_features = rng.sample(other_active, ABLATED_FEATURES)
 
     def ablated_logits(features: list[int]) -> Tensor:
         return model.run_with_saes(images, saes=[sae], use_error_term=True,
                                    fwd_hooks=[(acts_name, ablate_features(features))])
 
+    top_ablated = ablated_logits(chosen)
+    other_classes = labels != target
     ablation = {
         "clean": _class_accuracy(logits, labels, target),
-        "top": _class_accuracy(ablated_logits(chosen), labels, target),
+        "top": _class_accuracy(top_ablated, labels, target),
         "random": _class_accuracy(ablated_logits(random_features), labels, target),
-        "others_after_top": float(
-            (ablated_logits(chosen)[labels != target].argmax(-1) == labels[labels != target]).float().mean()
-        ),
+        "others_after_top": float((top_ablated[other_classes].argmax(-1) == labels[other_classes]).float().mean()),
     }
     say("")
     say(f"Ablating the {ABLATED_FEATURES} top '{target_name}' features {chosen} (error term on, all tokens):")
