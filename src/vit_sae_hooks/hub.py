@@ -22,7 +22,7 @@ def builtin_names() -> list[str]:
         >>> builtin_names()
         ['vit-sae-hooks/shapes-vit', 'vit-sae-hooks/shapes-vit/resid_post/2']
     """
-    folders = {config.parent for pattern in ("*.json",) for config in ASSETS.rglob(pattern)}
+    folders = {config.parent for config in ASSETS.rglob("*.json")}
     return sorted(BUILTIN_PREFIX + str(folder.relative_to(ASSETS)) for folder in folders)
 
 
