@@ -104,6 +104,8 @@ def test_decode_sums_duplicate_indices_and_scatters_their_gradients():
 
 def test_auto_dispatch_is_decided_per_call(monkeypatch):
     x, W_enc, b_enc = make_encoder_problem(4, 8, 64, torch.float32, seed=1)
+    # Without the native kernel (covered in test_kernels_native.py) auto chooses by size.
+    monkeypatch.setattr(kernels.native, "available", lambda: False)
     assert kernels._kernels_for("auto", x, 4 * 64, None).name == "torch"
     monkeypatch.setattr(kernels, "AUTO_CHUNK_ELEMENTS", 100)
     assert kernels._kernels_for("auto", x, 4 * 64, None).name == "chunked"

@@ -39,14 +39,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from vit_sae_hooks.errors import ConfigError
-from vit_sae_hooks.kernels import cpu
+from vit_sae_hooks.kernels import cpu, native
 from vit_sae_hooks.kernels.autograd import KernelSet, SparseDecode, TopKEncode
 from vit_sae_hooks.kernels.relu_decode import decode_dense_or_sparse
 from vit_sae_hooks.kernels.validation import check_chunk_size, check_decode_inputs, check_encode_inputs
 
 __all__ = ["AUTO_CHUNK_ELEMENTS", "Backend", "decode_dense_or_sparse", "decode_topk", "encode_topk", "use_backend"]
 
-Backend = Literal["auto", "torch", "chunked", "compile", "triton"]
+Backend = Literal["auto", "native", "torch", "chunked", "compile", "triton"]
 
 # Above this many pre-activation elements (N * d_sae; 2^30 floats = 4 GiB in float32) "auto"
 # encodes in latent chunks on CPU. Below it one GEMM is faster (bench_sae.py: chunks of 4096
@@ -54,7 +54,7 @@ Backend = Literal["auto", "torch", "chunked", "compile", "triton"]
 AUTO_CHUNK_ELEMENTS = 1 << 30
 DEFAULT_CHUNK_SIZE = 16384
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_BACKENDS = ("auto", "torch", "chunked", "compile", "triton")
+_BACKENDS = ("auto", "native", "torch", "chunked", "compile", "triton")
 
 
 @functools.cache
@@ -99,6 +99,10 @@ def use_backend(backend: Backend) -> Iterator[None]:
         _PREFERRED_BACKEND.reset(token)
 
 
+def _native_fits(tensor: Tensor) -> bool:
+    return tensor.device.type == "cpu" and tensor.dtype == torch.float32
+
+
 def _resolve_backend(backend: str, tensor: Tensor, n_pre_elements: int) -> str:
     _check_backend(backend)
     if backend == "auto":
@@ -107,6 +111,8 @@ def _resolve_backend(backend: str, tensor: Tensor, n_pre_elements: int) -> str:
         return backend
     if tensor.is_cuda and tensor.dtype in _TRITON_DTYPES and _triton_importable():
         return "triton"
+    if _native_fits(tensor) and native.available():
+        return "native"  # row blocks bound its memory, so it never needs "chunked"
     if not tensor.is_cuda and n_pre_elements > AUTO_CHUNK_ELEMENTS:
         return "chunked"
     return "torch"
@@ -118,9 +124,19 @@ def _kernels_for(backend: str, tensor: Tensor, n_pre_elements: int, chunk_size: 
     resolved = _resolve_backend(backend, tensor, n_pre_elements)
     if resolved == "torch":
         return _torch_kernels()
+    if resolved == "native":
+        if not _native_fits(tensor):
+            raise ConfigError(
+                f"backend='native' runs float32 CPU tensors, got {tensor.dtype} on {tensor.device}; "
+                "use backend='auto' (or 'torch')."
+            )
+        if not native.available():
+            raise ConfigError(f"backend='native' is unavailable: {native.status()}. Use backend='torch'.")
+        return _torch_kernels(native.encode_forward, "native")
     if resolved == "chunked":
         size = chunk_size or DEFAULT_CHUNK_SIZE
-        return _torch_kernels(functools.partial(cpu.encode_forward_chunked, chunk_size=size), "chunked")
+        chunked = native.encode_forward_chunked if _native_fits(tensor) and native.available() else cpu.encode_forward_chunked
+        return _torch_kernels(functools.partial(chunked, chunk_size=size), "chunked")
     if resolved == "compile":
         from vit_sae_hooks.kernels.compiled import compiled_encode_forward
 
