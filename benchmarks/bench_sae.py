@@ -25,7 +25,12 @@ from collections.abc import Callable
 
 import torch
 
-from vit_sae_hooks.kernels import decode_dense_or_sparse, decode_topk, encode_topk, native
+from vit_sae_hooks.kernels import (
+    decode_dense_or_sparse,
+    decode_topk,
+    encode_topk,
+    native,
+)
 
 
 def device_name(device: torch.device) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from itertools import pairwise
 
 import pytest
 import torch
@@ -29,7 +30,7 @@ def _merge_in_chunks(scores, bias, k, boundaries):
     values, indices = torch.empty(n, k), torch.empty(n, k, dtype=torch.long)
     filled = torch.zeros(n, dtype=torch.long)
     edges = [0, *sorted(set(boundaries)), scores.shape[1]]
-    for start, stop in zip(edges, edges[1:]):
+    for start, stop in pairwise(edges):
         native.merge_topk(scores[:, start:stop], None if bias is None else bias[start:stop], start, values, indices, filled)
     assert filled.tolist() == [min(k, scores.shape[1])] * n
     return values, indices
@@ -154,7 +155,7 @@ def test_without_the_kernel_auto_falls_back_and_says_why(monkeypatch, tmp_path):
             assert kernels._kernels_for("auto", x, 5 * 64, None).name == "torch"
             with pytest.raises(ConfigError, match="backend='native' is unavailable"):
                 encode_topk(x, W_enc, b_enc, 3, backend="native")
-            values, indices = encode_topk(x, W_enc, b_enc, 3)
+            _, indices = encode_topk(x, W_enc, b_enc, 3)
             assert torch.equal(indices.sort(1).values, expected[1].sort(1).values)
             monkeypatch.delenv(variable)
     finally:

@@ -92,7 +92,7 @@ def _compile(compiler: str, flags: list[str], target: Path) -> str | None:
         partial = Path(scratch) / target.name
         command = [compiler, *flags, "-std=c++17", "-shared", "-fPIC", str(_SOURCE), "-o", str(partial)]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
         except (OSError, subprocess.TimeoutExpired) as error:
             return f"{' '.join(command)}: {error}"
         if done.returncode != 0:
