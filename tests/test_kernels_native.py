@@ -172,3 +172,36 @@ def test_kernel_builds_into_the_configured_cache(monkeypatch, tmp_path):
         assert not list((tmp_path / "kernels").glob("tmp*"))  # the build directory was cleaned up
     finally:
         native._build.cache_clear()
+
+
+_FORK_SCRIPT = """
+import os, sys, time, torch
+from vit_sae_hooks.kernels import native
+
+def top5():
+    scores = torch.randn(256, 300, generator=torch.Generator().manual_seed(4))
+    values, indices = torch.empty(256, 5), torch.empty(256, 5, dtype=torch.long)
+    native.merge_topk(scores, None, 0, values, indices, torch.zeros(256, dtype=torch.long))
+    return indices.sort(1).values.tolist()
+
+torch.set_num_threads(2)
+expected = top5()  # the thread pool exists from here on
+time.sleep(0.5)  # let its idle workers check in, as they would in a real program
+child = os.fork()
+if child == 0:
+    os._exit(0 if top5() == expected else 1)
+sys.exit(os.waitpid(child, 0)[1])
+"""
+
+
+def test_forked_child_merges_with_its_own_threads():
+    """A fork after the thread pool exists must not leave the child waiting on the parent's threads.
+
+    Only the native pass runs in the child: torch's own OpenMP GEMM is not fork-safe (DataLoader
+    workers drop to one thread for that reason), but the native pass brings its own threads.
+    """
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], timeout=60, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr

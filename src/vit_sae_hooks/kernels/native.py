@@ -203,7 +203,9 @@ def _workspace(n_elements: int) -> Tensor:
 
 
 @functools.cache
-def _pool(n_threads: int) -> ThreadPoolExecutor:
+def _pool(process_id: int, n_threads: int) -> ThreadPoolExecutor:
+    # Keyed by process: a forked child (a DataLoader worker, say) inherits the parent's pool
+    # object but not its threads, and would wait forever on it.
     return ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="vit_sae_topk")
 
 
@@ -250,7 +252,7 @@ def merge_topk(
     if len(arguments) == 1:
         library.topk_merge_f32(*arguments[0])
         return
-    for future in [_pool(n_threads).submit(library.topk_merge_f32, *args) for args in arguments]:
+    for future in [_pool(os.getpid(), n_threads).submit(library.topk_merge_f32, *args) for args in arguments]:
         future.result()
 
 
