@@ -97,7 +97,7 @@ inline float lowest(const Entry *buf, int64_t n) {
 }
 
 // Candidate-buffer length at which it is compacted back to k entries.
-inline int64_t flush_at(int64_t k) { return 2 * k + 512; }
+inline int64_t flush_at(int64_t k) { return 2 * k + 64; }
 
 // A threshold at least k of the row's first columns reach: the k-th largest maximum of up to 4k
 // blocks of 16 columns (-inf, admitting everything, when the row has fewer than k blocks).
