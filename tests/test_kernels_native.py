@@ -205,3 +205,17 @@ def test_forked_child_merges_with_its_own_threads():
 
     done = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], timeout=60, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_workspace_made_under_inference_mode_serves_later_training_calls():
+    native.free_workspace()
+    x, W_enc, b_enc = make_encoder_problem(10, 8, 64, torch.float32, seed=6)
+    with torch.inference_mode():
+        expected = encode_topk(x, W_enc, b_enc, 3, backend="native")[1]
+    W_enc.requires_grad_(True)
+    values, indices = encode_topk(x, W_enc, b_enc, 3, backend="native")
+    values.sum().backward()
+    assert torch.equal(indices, expected)
+    assert W_enc.grad is not None and int((W_enc.grad != 0).any(0).sum()) == len(set(indices.flatten().tolist()))
+    with torch.inference_mode():  # and back: the normal workspace is writable inside inference mode too
+        assert torch.equal(encode_topk(x, W_enc, b_enc, 3, backend="native")[1], expected)

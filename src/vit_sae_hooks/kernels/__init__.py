@@ -12,6 +12,8 @@ Contract (stable; faster backends plug in behind it):
 Both are differentiable with sparse backward passes (see ``autograd.py``). The keyword-only
 ``backend`` picks the implementation; ``"auto"`` decides on every call from the tensors:
 
+- ``"native"``: float32 CPU: one GEMM into a reused workspace, then a C++ SIMD top-k pass that
+  adds the bias (compiled on first use; see ``native.py``), ``embedding_bag`` decode;
 - ``"torch"``: one GEMM + bias, two-stage top-k, ``embedding_bag`` decode (any device);
 - ``"chunked"``: the same, ``chunk_size`` latents at a time (peak extra memory ``N * chunk_size``);
 - ``"compile"``: the torch encode under ``torch.compile`` (opt-in; ~20 s cold compile on CPU);
@@ -19,6 +21,7 @@ Both are differentiable with sparse backward passes (see ``autograd.py``). The k
   CPU only under ``TRITON_INTERPRET=1``, for testing).
 
 ``"auto"`` is ``"triton"`` for float32/bfloat16/float16 CUDA tensors when Triton imports,
+``"native"`` for float32 CPU tensors when its kernel builds (``native.status()`` says why not),
 ``"chunked"`` on CPU once the dense pre-activations would exceed ``AUTO_CHUNK_ELEMENTS``,
 ``"torch"`` otherwise. Any input preprocessing (subtracting ``b_dec``, normalisation) is the SAE
 module's job.

@@ -197,7 +197,10 @@ def _workspace(n_elements: int) -> Tensor:
     if held is None or held.numel() < n_elements:
         held = None  # drop the old buffer before allocating the new one
         _local.workspace = None
-        held = torch.empty(n_elements, dtype=torch.float32)
+        # A normal tensor even when allocated under inference_mode: an inference tensor could not
+        # be written by later calls made outside it.
+        with torch.inference_mode(False):
+            held = torch.empty(n_elements, dtype=torch.float32)
         _local.workspace = held
     return held[:n_elements]
 
