@@ -5,7 +5,9 @@ buffer allocated once (the floor: nothing that computes all pre-activations can 
 ``gemm_fresh_output``, ``x @ W_enc``, adds what allocating and first-touching a new
 ``[N, d_sae]`` output costs, as every peer's encode pays), and (b) the dense reference written the way peers
 write it: top-k, scatter into an ``[N, d_sae]`` zero tensor, dense decode GEMM. SAELens's
-``TopKSAE`` is timed too when ``sae_lens`` is installed. A density sweep measures where the
+``TopKSAE`` is timed too when ``sae_lens`` is installed, or, since it needs TransformerLens < 4,
+in its own environment via ``--saelens-python`` (``saelens_topk.py``; its row is its ratio to the
+floor measured in that process, scaled by this run's floor). A density sweep measures where the
 sparse decode of ReLU activations stops beating the dense GEMM.
 
     python benchmarks/bench_sae.py                  # the issue's shapes (minutes on a laptop CPU)
@@ -20,7 +22,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
+from pathlib import Path
 from collections.abc import Callable
 
 import torch
@@ -120,6 +124,17 @@ def saelens_forward(p: dict[str, torch.Tensor], k: int) -> Callable[[], object] 
     return lambda: sae(p["x"])
 
 
+def saelens_elsewhere(python: str, n: int, d_in: int, d_sae: int, k: int, repeats: int, statistic: str) -> dict | str:
+    """Run saelens_topk.py under another interpreter; its JSON, or why it failed."""
+    command = [python, str(Path(__file__).with_name("saelens_topk.py")), "--n", str(n), "--d-in", str(d_in),
+               "--d-sae", str(d_sae), "--k", str(k), "--repeats", str(repeats), "--statistic", statistic,
+               "--threads", str(torch.get_num_threads())]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return f"{python} saelens_topk.py failed: {done.stderr.strip().splitlines()[-1:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def backends_for(device: torch.device, dtype: torch.dtype, with_compile: bool) -> list[str]:
     names = ["torch", "chunked"]
     if device.type == "cpu" and dtype == torch.float32 and native.available():
@@ -131,7 +146,7 @@ def backends_for(device: torch.device, dtype: torch.dtype, with_compile: bool) -
     return names
 
 
-def bench_forward(n, d_in, d_sae, k, dtype, device, repeats, with_compile) -> dict:
+def bench_forward(n, d_in, d_sae, k, dtype, device, repeats, with_compile, saelens_python=None, statistic="min") -> dict:
     p = make_sae(n, d_in, d_sae, dtype, device, requires_grad=False)
     floor_out = torch.empty(n, d_sae, dtype=dtype, device=device)
     candidates: dict[str, Callable[[], object]] = {
@@ -149,6 +164,16 @@ def bench_forward(n, d_in, d_sae, k, dtype, device, repeats, with_compile) -> di
         candidates[f"ours[{backend}]"] = lambda backend=backend: ours(p, k, backend)
     with torch.no_grad():
         times = time_interleaved(candidates, repeats, device)
+    if saelens_python and "saelens_topk" not in times:
+        elsewhere = saelens_elsewhere(saelens_python, n, p["W_enc"].shape[0], p["W_enc"].shape[1], k, repeats, statistic)
+        if isinstance(elsewhere, str):
+            notes["saelens"] = elsewhere
+        else:
+            theirs = elsewhere["seconds"]
+            times["saelens_topk (own env)"] = theirs["saelens_topk"] / theirs["gemm_floor"] * times["gemm_floor"]
+            notes.pop("saelens", None)
+            notes["saelens_env"] = (f"sae_lens {elsewhere['sae_lens']} in {saelens_python}: "
+                                    f"{theirs['saelens_topk'] * 1e3:.1f} ms against its own floor {theirs['gemm_floor'] * 1e3:.1f} ms")
     return {"seconds": times, "notes": notes}
 
 
@@ -219,6 +244,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time backend='compile' (cold compile ~20 s+)")
     parser.add_argument("--no-training", action="store_true", help="skip the forward+backward tables")
     parser.add_argument("--no-density", action="store_true", help="skip the ReLU dense/sparse decode sweep")
+    parser.add_argument("--saelens-python", help="interpreter of an environment with sae_lens (run saelens_topk.py there)")
     parser.add_argument("--json", dest="json_path", help="write all measurements to this JSON file")
     args = parser.parse_args()
     if args.quick:
@@ -248,7 +274,8 @@ def main() -> None:
         print(f"native kernel: {report['native']}")
     shape = f"d_in {args.d_in}, d_sae {args.d_sae}, k {args.k}"
     for n in sizes:
-        result = bench_forward(n, args.d_in, args.d_sae, args.k, dtype, device, args.repeats, args.compile)
+        result = bench_forward(n, args.d_in, args.d_sae, args.k, dtype, device, args.repeats, args.compile,
+                               args.saelens_python, args.statistic)
         report["forward"][n] = result
         print(format_table(f"\nforward, N {n}, {shape}", result["seconds"]))
         for name, note in result["notes"].items():
