@@ -146,7 +146,9 @@ def test_without_the_kernel_auto_falls_back_and_says_why(monkeypatch, tmp_path):
         for variable, value, reason in [
             ("VIT_SAE_HOOKS_NATIVE", "0", "disabled by VIT_SAE_HOOKS_NATIVE=0"),
             ("CXX", str(tmp_path / "no-such-compiler"), "could not build the native top-k kernel"),
+            ("VIT_SAE_HOOKS_CACHE", str(tmp_path / "a-file"), "cannot write"),
         ]:
+            (tmp_path / "a-file").write_text("not a directory")
             monkeypatch.setenv("VIT_SAE_HOOKS_CACHE", str(tmp_path / "cache"))
             monkeypatch.setenv(variable, value)
             native._build.cache_clear()

@@ -128,7 +128,10 @@ def _build() -> _BuildResult:
                                          _cpu_identity().encode()])).hexdigest()[:16]
         target = _cache_dir() / f"topk_merge-{key}.so"
         if not target.exists():
-            failure = _compile(compiler, flags, target)
+            try:
+                failure = _compile(compiler, flags, target)
+            except OSError as error:  # an unwritable cache directory, say
+                failure = f"cannot write {target.parent}: {error}"
             if failure:
                 failures.append(failure)
                 continue
