@@ -200,8 +200,7 @@ def free_workspace() -> None:
 def _workspace(n_elements: int) -> Tensor:
     held = getattr(_local, "workspace", None)
     if held is None or held.numel() < n_elements:
-        held = None  # drop the old buffer before allocating the new one
-        _local.workspace = None
+        _local.workspace = held = None  # drop the old buffer before allocating the new one
         # A normal tensor even when allocated under inference_mode: an inference tensor could not
         # be written by later calls made outside it.
         with torch.inference_mode(False):
@@ -245,6 +244,17 @@ def merge_topk(
     if block.dtype != torch.float32 or block.device.type != "cpu" or block.stride(1) != 1:
         raise ConfigError(f"merge_topk needs a float32 CPU block with unit column stride, got {block.dtype} "
                           f"on {block.device} with strides {block.stride()}.")
+    # The kernel writes through raw pointers: anything but these exact layouts would corrupt memory.
+    state = {"values": (values, torch.float32, (n_rows, k)), "indices": (indices, torch.int64, (n_rows, k)),
+             "filled": (filled, torch.int64, (n_rows,))}
+    for name, (tensor, dtype, shape) in state.items():
+        if tensor.dtype != dtype or tuple(tensor.shape) != shape or not tensor.is_contiguous() or tensor.is_cuda:
+            raise ConfigError(f"merge_topk's {name} must be a contiguous {dtype} CPU tensor of shape {shape}, "
+                              f"got {tensor.dtype} {tuple(tensor.shape)} (contiguous: {tensor.is_contiguous()}).")
+    if k < 1:
+        raise ConfigError("merge_topk needs k >= 1 columns in values/indices.")
+    if bias is not None and tuple(bias.shape) != (cols,):
+        raise ConfigError(f"merge_topk's bias has shape {tuple(bias.shape)}; it must be [{cols}], one per block column.")
     if bias is not None:
         bias = bias.contiguous()
     n_threads = max(1, min(torch.get_num_threads(), n_rows // _MIN_ROWS_PER_THREAD))
