@@ -227,15 +227,15 @@ def test_merge_rejects_layouts_it_would_misread():
     block = torch.randn(4, 32)
     values, indices, filled = torch.empty(4, 3), torch.empty(4, 3, dtype=torch.long), torch.zeros(4, dtype=torch.long)
     bad_calls = [
-        (dict(block=block.double()), "float32 CPU block"),
-        (dict(block=block.t()), "unit column stride"),
-        (dict(values=torch.empty(3, 4).t()), "values must be a contiguous torch.float32"),
-        (dict(indices=torch.empty(4, 3, dtype=torch.int32)), "indices must be a contiguous torch.int64"),
-        (dict(filled=torch.zeros(5, dtype=torch.long)), r"filled must be .* of shape \(4,\)"),
-        (dict(values=torch.empty(4, 0), indices=torch.empty(4, 0, dtype=torch.long)), "k >= 1"),
-        (dict(bias=torch.randn(31)), "bias has shape"),
+        ({"block": block.double()}, "float32 CPU block"),
+        ({"block": block.t()}, "unit column stride"),
+        ({"values": torch.empty(3, 4).t()}, "values must be a contiguous torch.float32"),
+        ({"indices": torch.empty(4, 3, dtype=torch.int32)}, "indices must be a contiguous torch.int64"),
+        ({"filled": torch.zeros(5, dtype=torch.long)}, r"filled must be .* of shape \(4,\)"),
+        ({"values": torch.empty(4, 0), "indices": torch.empty(4, 0, dtype=torch.long)}, "k >= 1"),
+        ({"bias": torch.randn(31)}, "bias has shape"),
     ]
     for change, message in bad_calls:
-        arguments = dict(block=block, bias=None, col_offset=0, values=values, indices=indices, filled=filled) | change
+        arguments = {"block": block, "bias": None, "col_offset": 0, "values": values, "indices": indices, "filled": filled} | change
         with pytest.raises(ConfigError, match=message):
             native.merge_topk(**arguments)
