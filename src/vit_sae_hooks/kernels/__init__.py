@@ -106,6 +106,10 @@ def _native_fits(tensor: Tensor) -> bool:
     return tensor.device.type == "cpu" and tensor.dtype == torch.float32
 
 
+def _native_usable(tensor: Tensor) -> bool:
+    return _native_fits(tensor) and native.available()
+
+
 def _resolve_backend(backend: str, tensor: Tensor, n_pre_elements: int) -> str:
     _check_backend(backend)
     if backend == "auto":
@@ -114,7 +118,7 @@ def _resolve_backend(backend: str, tensor: Tensor, n_pre_elements: int) -> str:
         return backend
     if tensor.is_cuda and tensor.dtype in _TRITON_DTYPES and _triton_importable():
         return "triton"
-    if _native_fits(tensor) and native.available():
+    if _native_usable(tensor):
         return "native"  # row blocks bound its memory, so it never needs "chunked"
     if not tensor.is_cuda and n_pre_elements > AUTO_CHUNK_ELEMENTS:
         return "chunked"
@@ -138,7 +142,7 @@ def _kernels_for(backend: str, tensor: Tensor, n_pre_elements: int, chunk_size: 
         return _torch_kernels(native.encode_forward, "native")
     if resolved == "chunked":
         size = chunk_size or DEFAULT_CHUNK_SIZE
-        chunked = native.encode_forward_chunked if _native_fits(tensor) and native.available() else cpu.encode_forward_chunked
+        chunked = native.encode_forward_chunked if _native_usable(tensor) else cpu.encode_forward_chunked
         return _torch_kernels(functools.partial(chunked, chunk_size=size), "chunked")
     if resolved == "compile":
         from vit_sae_hooks.kernels.compiled import compiled_encode_forward

@@ -126,8 +126,8 @@ void topk_merge_f32(const float *block, int64_t ld, const float *bias, int64_t r
                     int64_t cols, int64_t col_offset, int64_t k, float *values, int64_t *indices,
                     int64_t *filled, void *scratch) {
     Entry *buf = static_cast<Entry *>(scratch);
-    float *maxima = reinterpret_cast<float *>(buf + flush_at(k) + 16);
     const int64_t full = flush_at(k);
+    float *maxima = reinterpret_cast<float *>(buf + full + 16);
     alignas(64) float lane_values[16];
     for (int64_t r = row_begin; r < row_end; r++) {
         const float *p = block + r * ld;
