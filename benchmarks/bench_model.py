@@ -146,7 +146,8 @@ def main() -> None:
     print(f"{'case':<40} {'seconds':>9} {'x HF':>7}")
     for name, seconds in seconds_by_case.items():
         print(f"{name:<40} {seconds:>9.4f} {seconds / baseline:>7.3f}")
-    splice_cost = (seconds_by_case["HookedViT + TopK SAE spliced"] - seconds_by_case["HookedViT"]) / seconds_by_case["encode GEMM alone (floor)"]
+    spliced, plain = seconds_by_case["HookedViT + TopK SAE spliced"], seconds_by_case["HookedViT"]
+    splice_cost = (spliced - plain) / seconds_by_case["encode GEMM alone (floor)"]
     sae_cost = summarise(sae_inside) / seconds_by_case["encode GEMM alone (floor)"]
     print(f"SAE forward inside the spliced model: {sae_cost:.3f}x the encode GEMM (timed by module hooks)")
     print(f"SAE splice cost: {splice_cost:.3f}x the encode GEMM (target <= 1.15; d_sae {args.d_sae}, k 64, "

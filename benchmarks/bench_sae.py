@@ -24,8 +24,8 @@ import platform
 import statistics
 import subprocess
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -119,7 +119,7 @@ def saelens_forward(p: dict[str, torch.Tensor], k: int) -> Callable[[], object] 
         with torch.no_grad():
             for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
                 getattr(sae, name).copy_(p[name])
-    except Exception as error:  # noqa: BLE001 - report whatever this SAELens version objects to
+    except Exception as error:
         return f"sae_lens present but not comparable: {error}"
     return lambda: sae(p["x"])
 
@@ -173,7 +173,8 @@ def bench_forward(n, d_in, d_sae, k, dtype, device, repeats, with_compile, saele
             times["saelens_topk (own env)"] = theirs["saelens_topk"] / theirs["gemm_floor"] * times["gemm_floor"]
             notes.pop("saelens", None)
             notes["saelens_env"] = (f"sae_lens {elsewhere['sae_lens']} in {saelens_python}: "
-                                    f"{theirs['saelens_topk'] * 1e3:.1f} ms against its own floor {theirs['gemm_floor'] * 1e3:.1f} ms")
+                                    f"{theirs['saelens_topk'] * 1e3:.1f} ms against its own floor "
+                                    f"{theirs['gemm_floor'] * 1e3:.1f} ms")
     return {"seconds": times, "notes": notes}
 
 
@@ -209,8 +210,8 @@ def bench_density(n, d_in, d_sae, dtype, device, repeats, densities) -> dict:
         with torch.no_grad():
             times = time_interleaved(
                 {
-                    "dense": lambda: decode_dense_or_sparse(acts, W_dec, None, max_density=-1.0),
-                    "sparse": lambda: decode_dense_or_sparse(acts, W_dec, None, max_density=1.0),
+                    "dense": lambda acts=acts: decode_dense_or_sparse(acts, W_dec, None, max_density=-1.0),
+                    "sparse": lambda acts=acts: decode_dense_or_sparse(acts, W_dec, None, max_density=1.0),
                 },
                 repeats,
                 device,
@@ -251,7 +252,7 @@ def main() -> None:
         args.sizes, args.d_in, args.d_sae, args.k, args.repeats = "256", 128, 8192, 32, 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    global _statistic
+    global _statistic  # noqa: PLW0603 - the summary statistic is chosen once per run, on the command line
     _statistic = STATISTIC[args.statistic]
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     sizes = [int(size) for size in args.sizes.split(",")]

@@ -79,7 +79,7 @@ def main() -> None:
             objective = objective_class(sae, config, variance=float(d_in))
             optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4)
 
-            def step(objective=objective, sae=sae, optimizer=optimizer, dead_mask=dead_mask) -> None:
+            def step(objective=objective, sae=sae, optimizer=optimizer, dead_mask=dead_mask, x=x) -> None:
                 loss = objective(x, dead_mask, 0.0)[0]
                 loss.backward()
                 optimisation_step(sae, optimizer, grad_clip=1.0)

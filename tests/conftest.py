@@ -1,46 +1,14 @@
-"""Shared test helpers: tiny random transformers models and the recorded peer-library fixtures."""
+"""Fixtures shared by every test; plain helper functions live in ``tests/helpers``."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 import torch
-
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def randomise_layer_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give every LayerNorm random weights and biases: the defaults (1, 0) hide conversion mistakes."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.LayerNorm):
-                module.weight.copy_(1 + 0.5 * torch.randn(module.weight.shape, generator=generator))
-                module.bias.copy_(0.5 * torch.randn(module.bias.shape, generator=generator))
-            for name, param in module.named_parameters(recurse=False):
-                # Layer-scale vectors default to a constant; randomise them too.
-                if name == "lambda1" or name == "gamma":
-                    param.copy_(0.5 + torch.rand(param.shape, generator=generator))
-    return model
 
 
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-
-
-def make_hub_cache(cache: Path, repo_id: str, files: dict[str, Path]) -> None:
-    """A Hugging Face cache holding ``files`` (relative path -> source) for ``repo_id``, laid out as huggingface_hub does."""
-    repo_folder = cache / f"models--{repo_id.replace('/', '--')}"
-    commit = "0" * 40
-    (repo_folder / "refs").mkdir(parents=True)
-    (repo_folder / "refs" / "main").write_text(commit)
-    for relative, source in files.items():
-        target = repo_folder / "snapshots" / commit / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(source, target)
 
 
 @pytest.fixture

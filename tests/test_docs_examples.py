@@ -12,7 +12,7 @@ from vit_sae_hooks import SAE, HookedViT, HookedViTConfig, SAEConfig
 from vit_sae_hooks.experiments import ablate_features, patching, set_features, steer
 
 DOC = Path(__file__).parent.parent / "docs" / "experiments.md"
-BLOCKS = [b for b in re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S) if not b.startswith("# setup")]
+BLOCKS = [b for b in re.findall(r"```python\n(.*?)```", DOC.read_text(), re.DOTALL) if not b.startswith("# setup")]
 
 
 def _namespace() -> dict:

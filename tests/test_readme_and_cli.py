@@ -5,16 +5,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conftest import FIXTURES
-
 from vit_sae_hooks.cli import main
+
+from helpers import FIXTURES
 
 ROOT = Path(__file__).parent.parent
 
 
 def test_readme_example_runs(capsys):
     readme = (ROOT / "README.md").read_text()
-    example = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    example = re.search(r"```python\n(.*?)```", readme, re.DOTALL).group(1)
     assert len(example.strip().splitlines()) <= 12
     exec(compile(example, "README.md", "exec"), {})
     printed = capsys.readouterr().out
@@ -23,7 +23,7 @@ def test_readme_example_runs(capsys):
 
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
-    commands = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
+    commands = re.findall(r"```bash\n(.*?)\n```", readme, re.DOTALL)
     assert len(commands) == 2
     assert commands[1] in (ROOT / ".ci" / "run").read_text()
     assert "constraints-cpu.txt" in commands[0] and "constraints-cpu.txt" in commands[1]

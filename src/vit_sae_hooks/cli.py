@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
 import torch
 
+from vit_sae_hooks.cli_support import run_reporting_errors
 from vit_sae_hooks.demo.cli import register as register_demo
-from vit_sae_hooks.errors import VitSaeHooksError
 from vit_sae_hooks.evals.cli import register as register_eval
 from vit_sae_hooks.training.cli import register as register_train
 
@@ -45,7 +44,7 @@ def inspect_model(args: argparse.Namespace) -> int:
     for name in cache.keys():
         if args.all or not name.startswith("blocks.") or name.startswith(("blocks.0.", f"blocks.{cfg.n_layers - 1}.")):
             tensor = cache[name]
-            print(f"  {name:<{width}}  {str(list(tensor.shape)):<20} mean {tensor.mean():+.3f}  std {tensor.std():.3f}")
+            print(f"  {name:<{width}}  {list(tensor.shape)!s:<20} mean {tensor.mean():+.3f}  std {tensor.std():.3f}")
     if not args.all and cfg.n_layers > 2:
         print(f"  (blocks 1-{cfg.n_layers - 2} have the same hooks; --all lists every block)")
     return 0
@@ -62,15 +61,6 @@ def register_inspect(commands: argparse._SubParsersAction) -> None:
 
 # Each feature registers its own subcommand: a function taking the subparsers and setting ``run``.
 SUBCOMMANDS = [register_demo, register_inspect, register_eval, register_train]
-
-
-def run_reporting_errors(prog: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """``run(args)``, with a library error printed as one line on stderr (exit status 2) instead of a traceback."""
-    try:
-        return run(args)
-    except VitSaeHooksError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

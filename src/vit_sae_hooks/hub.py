@@ -71,11 +71,11 @@ def resolve_local_or_hub(
     kwargs = dict(repo_id=repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns)
     try:
         folder = huggingface_hub.snapshot_download(**kwargs)
-    except Exception as online_error:  # noqa: BLE001 - any failure online falls back to the cache
+    except Exception as online_error:
         logger.info("hub download of %s failed (%s); trying the local cache", repo_id, online_error)
         try:
             folder = huggingface_hub.snapshot_download(**kwargs, local_files_only=True)
-        except Exception as cache_error:  # noqa: BLE001
+        except Exception as cache_error:
             raise ResolutionError(
                 f"could not find {str(name_or_path)!r}: it is not a local path, the hub could not "
                 f"provide it ({type(online_error).__name__}: {online_error}), and the Hugging Face "

@@ -115,7 +115,7 @@ class ImageFolder(Dataset):
                 raise DataError(f"labels {bad[:5]} are outside the {len(classes)} classes given; labels index into classes")
         dataset = cls.__new__(cls)
         dataset.root = None
-        dataset._init(list(zip(paths, labels)), classes, transform, limit)
+        dataset._init(list(zip(paths, labels, strict=True)), classes, transform, limit)
         return dataset
 
     def __len__(self) -> int:

@@ -47,5 +47,7 @@ def imagenet_templates(kind: str = "openai") -> list[str]:
         "name": ["{}"],
     }
     if kind not in kinds:
-        raise ConfigError(f"template set {kind!r} is unknown; choose one of {sorted(kinds)} or pass a list of strings with '{{}}'")
+        raise ConfigError(
+            f"template set {kind!r} is unknown; choose one of {sorted(kinds)} or pass a list of strings with '{{}}'"
+        )
     return kinds[kind]

@@ -8,7 +8,6 @@ theirs exactly; the crop offset rounds as torchvision does.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vit_sae_hooks.errors import ConfigError
+from vit_sae_hooks.files import read_json
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -120,8 +120,8 @@ def center_crop(image: Image, height: int, width: int) -> Image:
         padded.paste(image, ((padded.width - image.width) // 2, (padded.height - image.height) // 2))
         image = padded
     # torchvision rounds the offset (round-half-even); the crop is what open_clip and timm apply.
-    top = int(round((image.height - height) / 2.0))
-    left = int(round((image.width - width) / 2.0))
+    top = round((image.height - height) / 2.0)
+    left = round((image.width - width) / 2.0)
     return image.crop((left, top, left + width, top + height))
 
 
@@ -183,15 +183,12 @@ def _from_timm(pretrained_cfg: dict) -> Preprocess:
     crop_pct = float(pretrained_cfg.get("crop_pct", 1.0) or 1.0)
     return Preprocess(
         size, mean=tuple(pretrained_cfg.get("mean", IMAGENET_MEAN)), std=tuple(pretrained_cfg.get("std", IMAGENET_STD)),
-        resize_size=int(math.floor(min(size) / crop_pct)), interpolation=pretrained_cfg.get("interpolation", "bicubic"),
+        resize_size=math.floor(min(size) / crop_pct), interpolation=pretrained_cfg.get("interpolation", "bicubic"),
     )
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ConfigError(f"cannot read preprocessing config {path}: {error}; fix or delete the file") from error
+    return read_json(path, ConfigError, fix="fix or delete the file.")
 
 
 def preprocess_from_folder(folder: str | os.PathLike, image_size: tuple[int, int] | None = None) -> Preprocess:
@@ -231,7 +228,7 @@ def _cached_config_folder(hub_id: str) -> Path | None:
     for filename in ("preprocessor_config.json", "open_clip_config.json", "config.json"):
         try:
             found = try_to_load_from_cache(hub_id, filename)
-        except Exception:  # noqa: BLE001 - a malformed id simply has no cached config
+        except Exception:
             return None
         if isinstance(found, str):
             return Path(found).parent

@@ -1,5 +1,18 @@
-"""Built-in datasets that need no download (reading image folders from disk lives in ``vit_sae_hooks.data``)."""
+"""Deprecated: the generated shapes dataset moved to :mod:`vit_sae_hooks.data.shapes`.
 
-from vit_sae_hooks.datasets import shapes
+Example:
+    >>> from vit_sae_hooks.data import shapes  # instead of vit_sae_hooks.datasets
+"""
+
+import warnings
+
+from vit_sae_hooks.data import shapes
+
+warnings.warn(
+    "vit_sae_hooks.datasets is deprecated; import the shapes dataset from vit_sae_hooks.data "
+    "(from vit_sae_hooks.data import shapes)",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
 __all__ = ["shapes"]

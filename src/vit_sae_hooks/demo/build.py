@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from vit_sae_hooks.datasets import shapes
+from vit_sae_hooks.data import shapes
 from vit_sae_hooks.demo.classifier import TEST_SEED, accuracy, train_classifier
 from vit_sae_hooks.errors import ConfigError
 from vit_sae_hooks.hub import ASSETS

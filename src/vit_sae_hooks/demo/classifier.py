@@ -8,7 +8,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from vit_sae_hooks.datasets import shapes
+from vit_sae_hooks.data import shapes
 from vit_sae_hooks.model import HookedViT, HookedViTConfig
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from vit_sae_hooks.datasets import shapes
+from vit_sae_hooks.data import shapes
 from vit_sae_hooks.demo.build import MODEL_NAME, SAE_NAME
 from vit_sae_hooks.demo.classifier import TEST_SEED
 from vit_sae_hooks.experiments import ablate_features, patching, steer
@@ -80,7 +80,7 @@ def run_demo(out: str | Path | None = "vit-sae-demo", n_images: int = 1000, figu
     )
     for class_id, name in enumerate(shapes.CLASSES):
         top = selectivity[class_id].topk(FEATURES_PER_CLASS)
-        selective[name] = list(zip(top.indices.tolist(), top.values.tolist()))
+        selective[name] = list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
         say(f"  {name:<9} " + ", ".join(f"#{f} ({s:+.2f})" for f, s in selective[name]))
 
     # 3. ablating a class's top features hurts that class, ablating as many random ones barely does
@@ -134,7 +134,7 @@ def run_demo(out: str | Path | None = "vit-sae-demo", n_images: int = 1000, figu
         return output[:, target].mean()
 
     effects = patching.ablation_sweep(model, sae, image, active, class_logit)
-    sweep = sorted(zip(active, effects.tolist()), key=lambda pair: pair[1])
+    sweep = sorted(zip(active, effects.tolist(), strict=True), key=lambda pair: pair[1])
     say("")
     say(f"Ablation sweep on image {index} ('{target_name}'): change of its '{target_name}' logit per feature")
     say("  " + ", ".join(f"#{f} {e:+.2f}" for f, e in sweep[:8]))
@@ -160,7 +160,7 @@ def _write_figures(out: Path, model, sae, images, labels, selective, index) -> l
     top = viz.top_activating(model, sae, images, features, k=12, labels=labels, progress=False)
     top.class_names = list(shapes.CLASSES)
     paths = []
-    for class_name, feature in zip(shapes.CLASSES, features):
+    for class_name, feature in zip(shapes.CLASSES, features, strict=True):
         path = out / f"feature_{feature}_{class_name}.png"
         viz.plot_feature_card(top, feature, unnormalize=unnormalize, path=path)
         paths.append(path)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from vit_sae_hooks.errors import ConfigError
+from vit_sae_hooks.tokens import TOKEN_SETS
 
 
 def _load_head_argument(args: argparse.Namespace) -> str | None:
@@ -37,12 +38,14 @@ def _class_names(args: argparse.Namespace) -> list[str] | None:
         return ImageFolder(args.images).classes
     path = Path(args.classes).expanduser()
     if not path.is_file():
-        raise ConfigError(f"--classes {args.classes!r} is not 'imagenet', 'folder' or an existing file with one class name per line")
+        raise ConfigError(
+            f"--classes {args.classes!r} is not 'imagenet', 'folder' or an existing file with one class name per line"
+        )
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def _sae_names(args: argparse.Namespace) -> list[str]:
-    from vit_sae_hooks import pretrained
+    from vit_sae_hooks.sae import pretrained
 
     if not args.sweep:
         if not args.sae:
@@ -57,9 +60,10 @@ def _sae_names(args: argparse.Namespace) -> list[str]:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate the SAE(s) and print the markdown table."""
-    from vit_sae_hooks import SAE, HookedViT, pretrained
     from vit_sae_hooks.data import Preprocess, image_loader, preprocess_for
     from vit_sae_hooks.evals.evaluate import EvalResult, evaluate, format_row
+    from vit_sae_hooks.model import HookedViT
+    from vit_sae_hooks.sae import SAE, pretrained
     from vit_sae_hooks.sae.config import dtype_from_name
 
     dtype = dtype_from_name(args.dtype)
@@ -110,7 +114,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--classes", default="imagenet",
                         help="class names for --build-head: imagenet (shipped), folder (the --images class folders) or FILE")
     parser.add_argument("--templates", default="openai", help="prompt templates for --build-head: openai, simple, photo, name")
-    parser.add_argument("--tokens", choices=("all", "cls", "patches"), help="token set (default: the SAE's own)")
+    parser.add_argument("--tokens", choices=TOKEN_SETS, help="token set (default: the SAE's own)")
     parser.add_argument("--zero-ablation", choices=("tokens", "all"), default="tokens",
                         help="zero the hook on the SAE's tokens (default) or on all tokens")
     parser.add_argument("--logit-scale", action="store_true", help="multiply zero-shot logits by CLIP's logit scale")

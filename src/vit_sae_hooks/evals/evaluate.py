@@ -15,16 +15,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from vit_sae_hooks.errors import ConfigError, DataError, InputShapeError
+from vit_sae_hooks.data.batches import image_batches, limited_batches
+from vit_sae_hooks.errors import ConfigError, DataError
 from vit_sae_hooks.evals.heads import head_for
 from vit_sae_hooks.evals.metrics import DownstreamStats, ReconstructionStats
-from vit_sae_hooks.data.batches import image_batches, limited_batches
-from vit_sae_hooks.experiments.splice import put_rows, resolve_positions, take_rows
-from vit_sae_hooks.hook_names import hook_layer
+from vit_sae_hooks.hook_names import block_input, hook_layer, stop_layer
+from vit_sae_hooks.model.splice import sae_reads_heads
+from vit_sae_hooks.tokens import TokenLayout, TokenSelection, TokenSpec
 
 if TYPE_CHECKING:
     from vit_sae_hooks.model import HookedViT
@@ -165,51 +166,44 @@ def _label_map(classes: Sequence[str], head: nn.Module) -> Int[Tensor, " n_datas
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
-class _TokenSelection:
-    """Which rows of a hook's activation the SAE reads, and how to write rows back."""
+class _HookRows:
+    """The rows of a hook's activation an SAE reads (flattened over images and tokens), and writing rows back."""
 
-    def __init__(self, model: HookedViT, sae: SAE, hook_name: str, activation: Tensor, tokens: Any):
-        cfg = model.cfg
-        self.flatten_heads = activation.ndim == 4 and activation.shape[-2] * activation.shape[-1] == sae.d_in
-        width = activation.shape[-2] * activation.shape[-1] if self.flatten_heads else activation.shape[-1]
-        if width != sae.d_in:
-            raise InputShapeError(
-                f"the SAE reads d_in={sae.d_in} features but {hook_name!r} has {width} per token (shape "
-                f"{tuple(activation.shape)}); evaluate it at the hook it was trained on, or with the model it was "
-                f"trained for ({sae.model_name or 'see the SAE config'})"
-            )
-        self.has_positions = activation.ndim >= 3
+    def __init__(self, model: HookedViT, sae: SAE, hook_name: str, activation: Tensor, tokens: TokenSpec):
+        self.flatten_heads, self.has_positions = sae_reads_heads(model, sae, hook_name)
+        self.has_cls_token = model.cfg.has_cls_token
         if not self.has_positions:
-            self.positions = None
+            self.selection = None
             return
         n_pos = activation.shape[1]
-        where = resolve_positions(tokens, n_pos, cfg.n_prefix_tokens, cfg.has_cls_token)
-        if isinstance(where, Tensor) and where.dtype == torch.bool:
-            raise ConfigError("evaluate takes tokens as 'all', 'cls', 'patches' or a list of positions, not a per-image mask")
-        self.positions = torch.arange(n_pos, device=activation.device)[where]
-        if self.positions.numel() == 0:
+        self.selection = TokenSelection.resolve(tokens, n_pos, TokenLayout.of(model.cfg))
+        if not self.selection.per_image and self.selection.positions.numel() == 0:
             raise ConfigError(f"tokens={tokens!r} selects no position of the {n_pos} at {hook_name!r}")
 
-    def rows(self, activation: Tensor) -> Float[Tensor, "batch n_selected d_in"]:
-        x = activation.flatten(-2) if self.flatten_heads else activation
-        return take_rows(x, self.positions) if self.has_positions else x[:, None]
+    def _features(self, activation: Tensor) -> Tensor:
+        return activation.flatten(-2) if self.flatten_heads else activation
 
-    def is_cls(self, batch: int, has_cls_token: bool) -> Tensor:
-        if not self.has_positions:
-            return torch.zeros(batch, dtype=torch.bool)
-        return ((self.positions == 0) & has_cls_token).repeat(batch)
+    def rows(self, activation: Tensor) -> tuple[Float[Tensor, "n d_in"], Bool[Tensor, " n"], Int[Tensor, " n"]]:
+        """The rows, whether each is a CLS token, and the image (0-based within the batch) it belongs to."""
+        x = self._features(activation)
+        batch = x.shape[0]
+        if self.selection is None:
+            no_cls = torch.zeros(batch, dtype=torch.bool, device=x.device)
+            return x, no_cls, torch.arange(batch, device=x.device)
+        image, position = self.selection.row_positions(batch, x.device).unbind(-1)
+        return self.selection.rows(x), (position == 0) & self.has_cls_token, image
 
     def writer(self, values: Tensor | None, all_tokens: bool = False):
-        """A hook writing ``values [batch, n_selected, d_in]`` (zeros if None) into the selected rows."""
+        """A hook writing ``values [n, d_in]`` (zeros if None) into the selected rows (every row with ``all_tokens``)."""
 
         def hook(activation: Tensor, hook: Any) -> Tensor:
-            if values is None and (all_tokens or not self.has_positions):
+            if values is None and (all_tokens or self.selection is None):
                 return torch.zeros_like(activation)
-            x = activation.flatten(-2) if self.flatten_heads else activation
-            if not self.has_positions:
-                return values[:, 0].to(x.dtype)
-            rows = torch.zeros_like(take_rows(x, self.positions)) if values is None else values
-            x = put_rows(x, self.positions, rows)
+            x = self._features(activation)
+            if self.selection is None:
+                return values.to(x.dtype).view_as(x)
+            rows = torch.zeros_like(self.selection.rows(x)) if values is None else values
+            x = self.selection.replace_rows(x, rows)
             return x.unflatten(-1, activation.shape[-2:]) if self.flatten_heads else x
 
         return hook
@@ -218,7 +212,7 @@ class _TokenSelection:
 def _encode(sae: SAE, rows: Float[Tensor, "n d_in"]) -> tuple[Tensor, Any]:
     """The SAE's reconstruction of ``rows`` and which latents fired (sparse for TopK SAEs)."""
     stats = sae.norm_stats(rows)
-    if sae.cfg.architecture == "topk":
+    if sae.has_sparse_code:
         values, indices = sae.encode_topk(rows)
         return sae.decode_topk(values, indices, stats), (indices, values != 0)
     acts = sae.encode(rows)
@@ -231,7 +225,7 @@ def evaluate(
     data: Tensor | DataLoader | Dataset | Iterable | str | os.PathLike,
     head: str | os.PathLike | nn.Module | None = None,
     labels: Int[Tensor, " n_images"] | None = None,
-    tokens: str | Sequence[int] | None = None,
+    tokens: TokenSpec = None,
     zero_ablation: ZeroAblation = "tokens",
     batch_size: int = 64,
     limit: int | None = None,
@@ -262,7 +256,9 @@ def evaluate(
     """
     hook_name = sae.hook_name
     if hook_name is None:
-        raise ConfigError("the SAE records no hook_name; set sae.cfg.hook_name to the hook it reads (e.g. 'blocks.9.hook_resid_post')")
+        raise ConfigError(
+            "the SAE records no hook_name; set sae.cfg.hook_name to the hook it reads (e.g. 'blocks.9.hook_resid_post')"
+        )
     model.check_hook_name(hook_name)
     if model.acts_to_saes:
         raise ConfigError(
@@ -285,11 +281,11 @@ def evaluate(
         label_map = _label_map(dataset.classes, head)
 
     layer = hook_layer(hook_name)
-    resid_name = f"blocks.{layer}.hook_resid_pre" if layer is not None else None
+    resid_name = block_input(layer) if layer is not None else None
     cached = [hook_name] + ([resid_name] if downstream and resid_name not in (None, hook_name) else [])
     reconstruction = ReconstructionStats(sae.d_sae, active_image_threshold)
     effects = DownstreamStats()
-    selection: _TokenSelection | None = None
+    selection: _HookRows | None = None
     seen = 0
 
     from tqdm.auto import tqdm
@@ -300,39 +296,34 @@ def evaluate(
     sae.eval()
     try:
         with torch.inference_mode():
-            for images, batch_labels in limited_batches(batches, limit):
-                images = images.to(device=device, dtype=dtype)
+            for batch_images, batch_labels in limited_batches(batches, limit):
+                images = batch_images.to(device=device, dtype=dtype)
                 batch = images.shape[0]
-                stop = layer + 1 if not downstream and layer is not None else None
+                stop = stop_layer(hook_name) if not downstream and layer is not None else None
                 output, cache = model.run_with_cache(
                     images, names_filter=cached, return_cache_object=False, stop_at_layer=stop
                 )
                 activation = cache[hook_name]
                 if selection is None:
-                    selection = _TokenSelection(model, sae, hook_name, activation, tokens)
-                x = selection.rows(activation)
-                n_selected = x.shape[1]
-                recon, fired = _encode(sae, x.reshape(-1, sae.d_in))
-                reconstruction.update(
-                    x.reshape(-1, sae.d_in), recon, fired,
-                    selection.is_cls(batch, model.cfg.has_cls_token).to(device),
-                    torch.arange(batch, device=device).repeat_interleave(n_selected), batch,
-                )
+                    selection = _HookRows(model, sae, hook_name, activation, tokens)
+                x, is_cls, image_index = selection.rows(activation)
+                recon, fired = _encode(sae, x)
+                reconstruction.update(x, recon, fired, is_cls, image_index, batch)
                 if downstream:
                     start = cache[resid_name] if layer is not None else images
 
-                    def run(hook_fn):
+                    def run(hook_fn, start=start):
                         with model.hooks(fwd_hooks=[(hook_name, hook_fn)]):
                             return model(start, start_at_layer=layer)
 
-                    output_recon = run(selection.writer(recon.view(batch, n_selected, -1)))
+                    output_recon = run(selection.writer(recon))
                     output_zero = run(selection.writer(None, all_tokens=zero_ablation == "all"))
                     logits = logits_recon = logits_zero = None
                     if head is not None:
                         logits, logits_recon, logits_zero = head(output), head(output_recon), head(output_zero)
-                        batch_labels = _checked_labels(batch_labels, label_map, head.n_classes, device)
+                        labels_seen = _checked_labels(batch_labels, label_map, head.n_classes, device)
                     effects.update(output, output_recon, logits, logits_recon, logits_zero,
-                                   batch_labels if head is not None else None)
+                                   labels_seen if head is not None else None)
                 seen += batch
                 bar.update(batch)
     finally:

@@ -129,7 +129,7 @@ class ZeroShotHead(nn.Module):
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
                 embeddings = handle.get_tensor("text_embeddings")
-        except Exception as error:  # noqa: BLE001 - any unreadable file gets the same explanation
+        except Exception as error:
             raise CheckpointFormatError(
                 f"{str(path)!r} is not a zero-shot head file ({type(error).__name__}: {error}); expected a safetensors "
                 "file with a 'text_embeddings' tensor written by ZeroShotHead.save"
@@ -163,8 +163,8 @@ def build_zero_shot_head(
         >>> head = build_zero_shot_head("openai/clip-vit-base-patch32", templates="simple")
         >>> head.save("imagenet_zero_shot.safetensors")
     """
-    from transformers import AutoTokenizer, CLIPModel
     from tqdm.auto import tqdm
+    from transformers import AutoTokenizer, CLIPModel
 
     from vit_sae_hooks.data.imagenet import imagenet_class_names, imagenet_templates
     from vit_sae_hooks.hub import resolve_local_or_hub

@@ -22,7 +22,17 @@ def _cosine(a: Float[Tensor, "n d"], b: Float[Tensor, "n d"]) -> Float[Tensor, "
     return (a * b).sum(-1) / (a.norm(dim=-1).clamp_min(_EPS) * b.norm(dim=-1).clamp_min(_EPS))
 
 
-class ReconstructionStats:
+class _RunningSums:
+    """Named running sums that stay on the tensors' device until :meth:`compute` reads them."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, Tensor] = {}
+
+    def _add(self, name: str, value: Tensor) -> None:
+        self._sums[name] = self._sums[name] + value if name in self._sums else value
+
+
+class ReconstructionStats(_RunningSums):
     """Running float64 sums of an SAE's reconstruction quality and sparsity over tokens.
 
     Call :meth:`update` once per batch with the tokens the SAE reads (flattened to rows), its
@@ -34,19 +44,16 @@ class ReconstructionStats:
     """
 
     def __init__(self, d_sae: int, active_image_threshold: int = 10):
+        super().__init__()
         self.d_sae = d_sae
         self.active_image_threshold = active_image_threshold
         self.n_tokens = 0
         self.n_cls_tokens = 0
         self.n_images = 0
-        self._sums: dict[str, Tensor] = {}
         # Dataset mean and centred sum of squares, merged batch by batch (Chan et al.) so the
         # variance does not suffer the cancellation of sum(x^2) - n*mean^2.
         self._mean: Tensor | None = None
         self._centred_ss: Tensor | None = None
-
-    def _add(self, name: str, value: Tensor) -> None:
-        self._sums[name] = self._sums[name] + value if name in self._sums else value
 
     def update(
         self,
@@ -145,7 +152,7 @@ class ReconstructionStats:
         }
 
 
-class DownstreamStats:
+class DownstreamStats(_RunningSums):
     """Running float64 sums of what splicing or ablating does to the model's output and class predictions.
 
     Example:
@@ -154,13 +161,10 @@ class DownstreamStats:
     """
 
     def __init__(self):
+        super().__init__()
         self.n_images = 0
         self.n_labelled = 0
         self.n_with_logits = 0
-        self._sums: dict[str, Tensor] = {}
-
-    def _add(self, name: str, value: Tensor) -> None:
-        self._sums[name] = self._sums[name] + value if name in self._sums else value
 
     def update(
         self,

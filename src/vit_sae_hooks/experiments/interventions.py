@@ -2,10 +2,9 @@
 
 Feature-level helpers go on an attached SAE's ``{hook_name}.hook_sae_acts_post`` hook; :func:`steer` goes on
 the model hook itself. Each takes ``tokens`` in model positions (``"cls"``, ``"patches"``, a list of
-positions or a ``[pos]`` boolean mask; None = every token the SAE sees). The splice records in
-``hook.ctx["positions"]`` which model position each row of the SAE's tensors is, and every hook point of a
-HookedViT (and of an attached SAE) knows its ``n_prefix_tokens``, so these work whatever token set the SAE
-runs on.
+positions, a ``[pos]`` or ``[batch, pos]`` boolean mask; None = every token the SAE sees). The splice records
+in ``hook.ctx["positions"]`` which model position each row of the SAE's tensors is, and every hook point of a
+HookedViT (and of an attached SAE) knows its token layout, so these work whatever token set the SAE runs on.
 
 Example:
     >>> acts = "blocks.9.hook_resid_post.hook_sae_acts_post"
@@ -18,39 +17,38 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from vit_sae_hooks.errors import ConfigError
-from vit_sae_hooks.experiments.splice import TokenSpec
+from vit_sae_hooks.tokens import TokenLayout, TokenSelection, TokenSpec
 
 HookFn = Callable[[Tensor, object], Tensor]
 
 
-def _selected_rows(acts: Tensor, hook, tokens: TokenSpec) -> Tensor | slice:
-    """A boolean mask over the rows (dim -2) of ``acts`` that ``tokens`` selects, or ``slice(None)`` for all."""
+def _selected_rows(acts: Float[Tensor, "*batch rows d"], hook, tokens: TokenSpec) -> Bool[Tensor, "*batch rows"] | None:
+    """Which rows (dim -2) of ``acts`` ``tokens`` selects, as a mask broadcastable to ``acts[..., 0]``; None for all."""
     if tokens is None or (isinstance(tokens, str) and tokens == "all"):
-        return slice(None)
-    positions = getattr(hook, "ctx", {}).get("positions")
+        return None
+    if acts.ndim < 2:
+        raise ConfigError(f"tokens={tokens!r} needs activations with a token axis; this hook gives {tuple(acts.shape)}")
+    ctx = getattr(hook, "ctx", {})
+    positions, n_pos = ctx.get("positions"), ctx.get("n_pos")
     n_rows = acts.shape[-2]
-    if positions is None:  # the SAE runs outside a splice: rows are positions
-        positions = torch.arange(n_rows, device=acts.device)
-    if isinstance(tokens, str):
-        if tokens == "cls":
-            return positions == 0
-        if tokens == "patches":
-            n_prefix = getattr(hook, "n_prefix_tokens", None)
-            if n_prefix is None:
-                raise ConfigError(
-                    f"tokens='patches' needs to know the prefix length at hook {getattr(hook, 'name', None)!r}; "
-                    "pass the patch positions explicitly"
-                )
-            return positions >= n_prefix
-        raise ConfigError(f"tokens={tokens!r} is not 'all', 'cls', 'patches', a list of positions or a [pos] mask")
-    wanted = torch.as_tensor(tokens, device=acts.device)
-    if wanted.dtype == torch.bool:
-        wanted = wanted.nonzero().flatten()
-    return torch.isin(positions, wanted.long())
+    if positions is None:  # the SAE runs outside a splice (or on the model hook itself): rows are positions
+        positions, n_pos = torch.arange(n_rows, device=acts.device), n_rows
+    layout = getattr(hook, "token_layout", None)
+    if layout is None:
+        if isinstance(tokens, str) and tokens == "patches":
+            raise ConfigError(
+                f"tokens='patches' needs to know the prefix length at hook {getattr(hook, 'name', None)!r}; "
+                "pass the patch positions explicitly"
+            )
+        layout = TokenLayout(n_prefix_tokens=1)
+    batch = acts.shape[0] if acts.ndim > 2 else 1
+    mask = TokenSelection.resolve(tokens, n_pos, layout).mask(batch, acts.device)
+    selected = mask[:, positions.to(acts.device)]
+    return selected if acts.ndim > 2 else selected[0]
 
 
 def _edit_features(
@@ -65,15 +63,12 @@ def _edit_features(
         if ids.max() >= acts.shape[-1] or ids.min() < -acts.shape[-1]:
             raise ConfigError(f"feature ids {features!r} are out of range for an SAE with {acts.shape[-1]} features")
         rows = _selected_rows(acts, hook, tokens)
-        edited = acts.clone()
-        current = edited[..., rows, :][..., ids]
+        current = acts[..., ids]
         new = edit(current, ids).to(acts.dtype)
-        if isinstance(rows, slice):
-            edited[..., ids] = new
-        else:
-            block = edited[..., rows, :]
-            block[..., ids] = new
-            edited[..., rows, :] = block
+        if rows is not None:
+            new = torch.where(rows[..., None], new, current)
+        edited = acts.clone()
+        edited[..., ids] = new
         return edited
 
     return hook_fn
@@ -156,8 +151,9 @@ def steer(sae, feature: int, alpha: float, tokens: TokenSpec = None) -> HookFn:
                 f"steering direction has width {direction.shape[-1]} but {hook.name!r} has {activation.shape[-1]}"
             )
         rows = _selected_rows(activation, hook, tokens)
-        step = (alpha * direction).to(activation.dtype)
-        mask = torch.ones(activation.shape[-2], dtype=torch.bool, device=activation.device) if isinstance(rows, slice) else rows
-        return activation + mask[:, None].to(activation.dtype) * step
+        step = (alpha * direction).to(activation.device, activation.dtype)
+        if rows is None:
+            return activation + step
+        return activation + rows[..., None].to(activation.dtype) * step
 
     return hook_fn

@@ -23,7 +23,8 @@ from torch import Tensor
 
 from vit_sae_hooks.errors import ConfigError, HookNameError, InputShapeError
 from vit_sae_hooks.experiments.interventions import ablate_features
-from vit_sae_hooks.experiments.splice import TokenSpec, resolve_positions
+from vit_sae_hooks.hook_names import additive_boundary, block_input
+from vit_sae_hooks.tokens import TokenLayout, TokenSelection, TokenSpec
 
 Metric = Callable[[Tensor], Tensor]
 
@@ -59,13 +60,13 @@ def _patch_sweep(
     n_layers = model.cfg.n_layers
     layers = list(range(n_layers)) if layers is None else [layer % n_layers for layer in layers]
     names = [f"blocks.{layer}.{hook}" for layer in layers]
-    starts = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
+    starts = [block_input(layer) for layer in layers]
     with torch.no_grad():
         _, clean_cache = model.run_with_cache(clean, names_filter=names)
         _, corrupted_cache = model.run_with_cache(corrupted, names_filter=starts)
     rows = []
     batch = clean.shape[0]
-    for layer, name, start in zip(layers, names, starts):
+    for layer, name, start in zip(layers, names, starts, strict=True):
         clean_act = clean_cache[name]
         n_variants = n_variants_of(clean_act)
         chunk = max(1, max_batch // batch)
@@ -74,7 +75,7 @@ def _patch_sweep(
             variant_ids = torch.arange(first, min(first + chunk, n_variants))
             resid = corrupted_cache[start].repeat(len(variant_ids), 1, 1)
 
-            def patch_hook(activation, hook, variant_ids=variant_ids):
+            def patch_hook(activation, hook, variant_ids=variant_ids, clean_act=clean_act):
                 grouped = activation.unflatten(0, (len(variant_ids), batch))
                 return patch(grouped, clean_act, variant_ids).flatten(0, 1)
 
@@ -228,20 +229,6 @@ def _spliced(model, sae, hook_name: str, tokens: TokenSpec):
             model.reset_saes([hook_name])
 
 
-def _block_boundary(model, hook_name: str) -> int | None:
-    """For hooks whose edits only add to the residual stream entering a block: that block's index."""
-    parts = hook_name.split(".")
-    if len(parts) != 3 or parts[0] != "blocks":
-        return None
-    layer, leaf = int(parts[1]), parts[2]
-    if leaf == "hook_resid_pre":
-        return layer
-    if leaf in ("hook_resid_post", "hook_mlp_out"):
-        # resid_post = resid_mid + mlp_out, so an edit of either lands unchanged on the next block's input.
-        return layer + 1
-    return None
-
-
 def ablation_sweep(
     model,
     sae,
@@ -270,7 +257,7 @@ def ablation_sweep(
         raise ConfigError("features is empty; pass the feature indices to ablate")
     if method not in ("auto", "fast", "naive"):
         raise ConfigError(f"method={method!r} is not one of 'auto', 'fast', 'naive'")
-    boundary = _block_boundary(model, hook_name)
+    boundary = additive_boundary(hook_name)
     if method == "fast" and boundary is None:
         raise HookNameError(
             f"the fast sweep needs a resid_pre, resid_post or mlp_out hook, not {hook_name!r}; use method='naive'"
@@ -300,12 +287,7 @@ def _fast_sweep(model, sae, images, features, metric, hook_name, tokens, boundar
     x = cache[hook_name] if hook_name in cache.cache_dict else base  # a resid_pre hook is the boundary itself
     batch, n_pos, _ = x.shape
     baseline = torch.as_tensor(metric(model(base, start_at_layer=start_layer))).reshape(())
-    where = resolve_positions(tokens, n_pos, model.cfg.n_prefix_tokens, model.cfg.has_cls_token)
-    selected = torch.zeros(batch, n_pos, dtype=torch.bool, device=x.device)
-    if isinstance(where, Tensor) and where.dtype == torch.bool:
-        selected |= where.to(x.device)
-    else:
-        selected[:, where] = True
+    selected = TokenSelection.resolve(tokens, n_pos, TokenLayout.of(model.cfg)).mask(batch, x.device)
     # Every token is encoded (the SAE is per-token); only the selected ones are ablated.
     feature_ids = torch.tensor(features, device=x.device)
     acts = sae.encode(x)[..., feature_ids] * selected[..., None]  # [batch, pos, n_features]

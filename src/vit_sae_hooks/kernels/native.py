@@ -179,7 +179,7 @@ def set_workspace_limit(n_bytes: int) -> None:
     Example:
         >>> set_workspace_limit(256 * 2**20)  # encode in row blocks of at most 256 MiB
     """
-    global _workspace_limit_bytes
+    global _workspace_limit_bytes  # noqa: PLW0603 - one process-wide limit, as documented above
     if not isinstance(n_bytes, int) or n_bytes < 4:
         raise ConfigError(f"workspace limit must be a positive number of bytes, got {n_bytes!r}.")
     _workspace_limit_bytes = n_bytes

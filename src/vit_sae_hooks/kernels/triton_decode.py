@@ -127,7 +127,7 @@ def scatter_outer(
     Example:
         >>> grad_W_dec = scatter_outer(indices, values, grad_out, d_sae)  # CUDA tensors
     """
-    n_rows, k = indices.shape
+    k = indices.shape[1]
     d = rows.shape[1]
     flat = indices.flatten()
     # Stable sort groups each latent's contributions in row order: a fixed summation order.

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from vit_sae_hooks.checks import config_from_dict, finite_number, is_int, non_negative_int, positive_int
 from vit_sae_hooks.errors import ConfigError
 
 ActFn = Literal["gelu", "quick_gelu", "gelu_tanh", "relu", "silu"]
@@ -38,12 +39,17 @@ def normalise_act_fn(name: str) -> str:
     return _ACT_FN_ALIASES[key]
 
 
-def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    if len(value) != 2:
-        raise ConfigError(f"expected an int or a pair (height, width), got {value!r}")
-    return (int(value[0]), int(value[1]))
+def _pair(name: str, value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    pair = (value, value) if is_int(value) else value
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(is_int(side) and side > 0 for side in pair):
+        raise ConfigError(f"{name} must be a positive int or a pair (height, width) of them, got {value!r}")
+    return (int(pair[0]), int(pair[1]))
+
+
+_BOOL_FIELDS = ("ln_pre", "ln_final", "final_ln_after_pool", "patch_bias", "has_cls_token", "interpolate_pos_embed",
+                "interpolate_antialias", "use_attn_result", "attn_only", "final_rms")
+_TEXT_FIELDS = ("act_fn", "mlp_type", "pool_type", "head_type", "model_name", "original_architecture",
+                "normalization_type")
 
 
 @dataclass
@@ -95,8 +101,9 @@ class HookedViTConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.image_size = _pair(self.image_size)
-        self.patch_size = _pair(self.patch_size)
+        self._check_types()
+        self.image_size = _pair("image_size", self.image_size)
+        self.patch_size = _pair("patch_size", self.patch_size)
         if self.d_head is None:
             if self.d_model % self.n_heads:
                 raise ConfigError(
@@ -122,9 +129,6 @@ class HookedViTConfig:
             raise ConfigError("pool_type='cls' needs a CLS token; use 'mean' or 'map' for has_cls_token=False")
         if self.head_type != "none" and self.d_output is None:
             raise ConfigError(f"head_type={self.head_type!r} needs d_output (the head's output width)")
-        for name in ("image_size", "patch_size"):
-            if min(getattr(self, name)) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.image_size[0] % self.patch_size[0] or self.image_size[1] % self.patch_size[1]:
             raise ConfigError(
                 f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
@@ -134,6 +138,28 @@ class HookedViTConfig:
                 f"pos_embed_prefix={self.pos_embed_prefix} must lie between 0 and the number of "
                 f"prefix tokens ({self.n_prefix_tokens})"
             )
+
+    def _check_types(self) -> None:
+        # Every field is checked before any is used, so a damaged config file fails here, by name.
+        for name in ("n_layers", "d_model", "n_heads", "d_mlp", "n_channels"):
+            positive_int(name, getattr(self, name))
+        non_negative_int("n_register_tokens", self.n_register_tokens)
+        for name in ("d_head", "d_output"):
+            if getattr(self, name) is not None:
+                positive_int(name, getattr(self, name))
+        if self.pos_embed_prefix is not None:
+            non_negative_int("pos_embed_prefix", self.pos_embed_prefix)
+        for name in ("eps", "ln_pre_eps", "ln_final_eps"):
+            if getattr(self, name) is not None:
+                finite_number(name, getattr(self, name), minimum=0, strictly=True)
+        for name in _BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in _TEXT_FIELDS:
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if not isinstance(self.extra, dict):
+            raise ConfigError(f"extra must be a JSON object, got {self.extra!r}")
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -165,13 +191,11 @@ class HookedViTConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HookedViTConfig:
-        """Build a config from :meth:`to_dict` output, rejecting unknown keys by name."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown HookedViTConfig fields {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], source: object = None) -> HookedViTConfig:
+        """Build a config from :meth:`to_dict` output, rejecting unknown keys by name (and naming ``source``)."""
+        return config_from_dict(
+            cls, data, required=("n_layers", "d_model", "n_heads", "d_mlp", "image_size", "patch_size"), source=source
+        )
 
     def save(self, path: str | Path) -> None:
         """Write the config as JSON."""

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -14,16 +14,17 @@ from torch import Tensor, nn
 
 from vit_sae_hooks._tl import ActivationCache, HookedRootModule, HookPoint
 from vit_sae_hooks.errors import HookNameError, InputShapeError, unknown_hook_message
-from vit_sae_hooks.experiments import splice as splicing
-from vit_sae_hooks.experiments.splice import Splice, TokenSpec
+from vit_sae_hooks.model import splice as splicing
 from vit_sae_hooks.model.components import Embed, Head, LayerNorm, Pool, TransformerBlock
 from vit_sae_hooks.model.config import HookedViTConfig
+from vit_sae_hooks.model.splice import Splice
+from vit_sae_hooks.tokens import TokenLayout, TokenSpec
 
 if TYPE_CHECKING:
     from vit_sae_hooks.sae import SAE
 
 ReturnType = Literal["output", "pooled", "tokens"]
-HookSpec = Union[str, Callable[[str], bool]]
+HookSpec = str | Callable[[str], bool]
 
 
 class HookedViT(HookedRootModule):
@@ -55,9 +56,10 @@ class HookedViT(HookedRootModule):
         self.head = Head(cfg) if cfg.head_type != "none" else None
         self.hook_output = HookPoint()  # [batch, d_output]: image embedding or logits
         self.setup()
+        layout = TokenLayout.of(cfg)
         for hook_point in self.hook_dict.values():
             # Lets interventions resolve tokens="patches" from the hook they run on.
-            hook_point.n_prefix_tokens = cfg.n_prefix_tokens
+            hook_point.token_layout = layout
         self.acts_to_saes: dict[str, SAE] = {}
         self._splices: dict[str, Splice] = {}
 
@@ -371,13 +373,14 @@ class HookedViT(HookedRootModule):
             >>> model = HookedViT.from_pretrained("laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K")
         """
         from vit_sae_hooks.model.loading import load_checkpoint
-        from vit_sae_hooks.model.loading.convert import check_expected_keys
+        from vit_sae_hooks.model.loading.convert import check_state_dict
 
-        cfg, state_dict = load_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir)
+        cfg, state_dict, origin = load_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir)
         cfg.use_attn_result = use_attn_result
-        model = cls(cfg)
-        check_expected_keys(model.state_dict(), state_dict, str(name_or_path))
-        model.load_state_dict(state_dict, strict=True)
+        with torch.device("meta"):
+            model = cls(cfg)
+        check_state_dict(model.state_dict(), state_dict, origin)
+        model.load_state_dict(state_dict, strict=True, assign=True)
         return model.to(device=device, dtype=dtype)
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:

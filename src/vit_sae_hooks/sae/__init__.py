@@ -1,7 +1,26 @@
-"""Sparse autoencoders: the :class:`SAE` module, its :class:`SAEConfig`, and readers for published layouts."""
+"""Sparse autoencoders: the :class:`SAE` module (one subclass per architecture), its :class:`SAEConfig`,
+readers for published layouts and the registry of published SAEs.
 
+Example:
+    >>> from vit_sae_hooks.sae import SAE, SAEConfig
+    >>> sae = SAE(SAEConfig(d_in=64, d_sae=256, architecture="topk", k=8))
+"""
+
+from vit_sae_hooks.sae.architectures import JumpReLUSAE, ReLUSAE, TopKSAE
 from vit_sae_hooks.sae.config import SAEConfig
 from vit_sae_hooks.sae.normalization import NormStats
-from vit_sae_hooks.sae.sae import SAE
+from vit_sae_hooks.sae.registry import architecture_class, architecture_names
+from vit_sae_hooks.sae.sae import SAE, TrainingBatch, TrainingTerms
 
-__all__ = ["SAE", "NormStats", "SAEConfig"]
+__all__ = [
+    "SAE",
+    "JumpReLUSAE",
+    "NormStats",
+    "ReLUSAE",
+    "SAEConfig",
+    "TopKSAE",
+    "TrainingBatch",
+    "TrainingTerms",
+    "architecture_class",
+    "architecture_names",
+]

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, get_args
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
+from vit_sae_hooks.checks import config_from_dict, finite_number, positive_int
 from vit_sae_hooks.errors import ConfigError
-
-Architecture = Literal["standard", "topk", "jumprelu"]
-Normalization = Literal["none", "layer_norm", "constant_norm_rescale", "scaling_factor"]
-TokenSet = Literal["all", "cls", "patches"]
-
-ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
-NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
-TOKEN_SETS: tuple[str, ...] = get_args(TokenSet)
+from vit_sae_hooks.sae.normalization import NORMALIZATIONS
+from vit_sae_hooks.sae.registry import architecture_class
+from vit_sae_hooks.tokens import check_token_set
 
 
 def dtype_from_name(name: str) -> torch.dtype:
@@ -48,8 +43,9 @@ def dtype_name(dtype: torch.dtype) -> str:
 class SAEConfig:
     """Shape, architecture, input handling and provenance of one SAE.
 
-    ``architecture``: ``"standard"`` (ReLU), ``"topk"`` (keep the ``k`` largest pre-activations,
-    ReLU on them unless ``topk_apply_relu`` is False, as in clipscope) or ``"jumprelu"``.
+    ``architecture``: a name from :func:`vit_sae_hooks.sae.registry.architecture_names`: ``"standard"``
+    (ReLU), ``"topk"`` (keep the ``k`` largest pre-activations, ReLU on them unless ``topk_apply_relu`` is
+    False, as in clipscope) or ``"jumprelu"``; the architecture's class checks the fields it uses.
     ``apply_b_dec_to_input``: subtract ``b_dec`` from the (normalised) input before encoding.
     ``normalize_activations``: ``"none"``, ``"layer_norm"`` (Prisma/SAELens), ``"constant_norm_rescale"``
     (x·√d_in/‖x‖) or ``"scaling_factor"`` (x·``scaling_factor``); every one is undone on the output.
@@ -62,52 +58,35 @@ class SAEConfig:
 
     d_in: int
     d_sae: int
-    architecture: Architecture = "standard"
+    architecture: str = "standard"
     k: int | None = None
     topk_apply_relu: bool = True
     apply_b_dec_to_input: bool = True
-    normalize_activations: Normalization = "none"
+    normalize_activations: str = "none"
     scaling_factor: float | None = None
     hook_name: str | None = None
-    token_set: TokenSet = "all"
+    token_set: str = "all"
     model_name: str | None = None
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        for name in ("d_in", "d_sae"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-        if self.architecture not in ARCHITECTURES:
-            raise ConfigError(
-                f"architecture {self.architecture!r} is not supported; use one of {ARCHITECTURES} "
-                "(gated and other architectures are not implemented)."
-            )
-        if self.architecture == "topk":
-            if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= self.d_sae:
-                raise ConfigError(
-                    f"a topk SAE needs an integer k with 1 <= k <= d_sae={self.d_sae}, got k={self.k!r}."
-                )
-        elif self.k is not None:
-            raise ConfigError(f"k={self.k!r} is only meaningful for architecture 'topk', not {self.architecture!r}.")
+        positive_int("d_in", self.d_in)
+        positive_int("d_sae", self.d_sae)
+        architecture_class(self.architecture).check_config(self)
         if self.normalize_activations not in NORMALIZATIONS:
             raise ConfigError(
                 f"normalize_activations {self.normalize_activations!r} is not supported; use one of {NORMALIZATIONS}."
             )
         if self.normalize_activations == "scaling_factor":
-            factor = self.scaling_factor
-            if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not math.isfinite(factor) or factor <= 0:
-                raise ConfigError(
-                    f"normalize_activations='scaling_factor' needs a finite positive scaling_factor, got {factor!r}."
-                )
-            self.scaling_factor = float(factor)
+            if self.scaling_factor is None:
+                raise ConfigError("normalize_activations='scaling_factor' needs a finite positive scaling_factor, got None.")
+            self.scaling_factor = finite_number("scaling_factor", self.scaling_factor, minimum=0, strictly=True)
         elif self.scaling_factor is not None:
             raise ConfigError(
                 f"scaling_factor={self.scaling_factor!r} is set but normalize_activations is "
                 f"{self.normalize_activations!r}; set normalize_activations='scaling_factor' or drop the factor."
             )
-        if self.token_set not in TOKEN_SETS:
-            raise ConfigError(f"token_set {self.token_set!r} is not one of {TOKEN_SETS}.")
+        check_token_set(self.token_set, "token_set")
         self.dtype = dtype_name(dtype_from_name(self.dtype))
 
     @property
@@ -130,18 +109,13 @@ class SAEConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SAEConfig:
+    def from_dict(cls, values: dict[str, Any], source: object = None) -> SAEConfig:
         """A config from :meth:`to_dict` output; unknown keys are an error so typos do not pass silently.
+
+        ``source`` (e.g. the file the values came from) is named in every error.
 
         Example:
             >>> SAEConfig.from_dict({"d_in": 8, "d_sae": 16, "architecture": "topk", "k": 4}).k
             4
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown SAEConfig fields {unknown}; valid fields are {sorted(known)}.")
-        missing = sorted(name for name in ("d_in", "d_sae") if name not in values)
-        if missing:
-            raise ConfigError(f"SAEConfig needs {missing}.")
-        return cls(**values)
+        return config_from_dict(cls, values, required=("d_in", "d_sae"), source=source)

@@ -14,6 +14,8 @@ from torch import Tensor
 
 # Prisma and SAELens both add this to the std before dividing (and not when multiplying back).
 LAYER_NORM_EPS = 1e-5
+# Every input normalisation the published SAEs use (see :func:`normalize`).
+NORMALIZATIONS: tuple[str, ...] = ("none", "layer_norm", "constant_norm_rescale", "scaling_factor")
 
 
 @dataclass(frozen=True)

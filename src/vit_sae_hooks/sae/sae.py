@@ -1,34 +1,70 @@
-"""The sparse autoencoder module: ReLU, TopK and JumpReLU, with SAELens-named hook points."""
+"""The sparse autoencoder module every architecture shares: hook points, input normalisation, the error
+term, sparse and dense paths, loading and saving. Each architecture is a subclass in ``sae/architectures/``
+that supplies its activation function, its extra parameters, its training loss terms and its SAELens
+mapping; ``SAE(cfg)`` builds the subclass ``cfg.architecture`` names.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from vit_sae_hooks import kernels
 from vit_sae_hooks._tl import HookedRootModule, HookPoint, has_hooks
 from vit_sae_hooks.errors import ConfigError, InputShapeError
+from vit_sae_hooks.sae import pretrained
 from vit_sae_hooks.sae.config import SAEConfig, dtype_name
 from vit_sae_hooks.sae.formats import read_checkpoint, saelens
 from vit_sae_hooks.sae.formats._io import checked_checkpoint
 from vit_sae_hooks.sae.normalization import IDENTITY, NormStats, denormalize, depends_on_input, normalize
+from vit_sae_hooks.sae.registry import architecture_class
+
+
+@dataclass
+class TrainingTerms:
+    """One training batch through an SAE, in the normalised input space: what the trainer's loss is made of.
+
+    ``sparsity_loss`` is multiplied by the architecture's scheduled coefficient and ``aux_loss`` by the
+    auxiliary coefficient; ``fired`` marks latents active on some token, ``n_active`` counts active
+    (token, latent) pairs.
+    """
+
+    reconstruction: Float[Tensor, "n d_in"]
+    sparsity_loss: Float[Tensor, ""]
+    aux_loss: Float[Tensor, ""]
+    fired: Bool[Tensor, " d_sae"]
+    n_active: Float[Tensor, ""]
+
+
+@dataclass
+class TrainingBatch:
+    """What the trainer knows about a batch that an architecture's loss terms need.
+
+    ``dead_latents`` are the latents that have not fired for ``dead_tokens`` tokens (refreshed by the trainer
+    at its own pace, so the loss needs no host synchronisation); ``variance`` is the data's variance per token
+    in the normalised space; ``settings`` is the run's :class:`~vit_sae_hooks.training.TrainConfig`.
+    """
+
+    dead_latents: Int[Tensor, " n_dead"]
+    variance: float
+    settings: Any
 
 
 class SAE(HookedRootModule):
     """A sparse autoencoder ``x -> acts -> reconstruction`` for one hook of a vision transformer.
 
-    Parameters: ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]`` and,
-    for JumpReLU, ``threshold [d_sae]``. Computation, for input ``x [..., d_in]``::
+    Parameters: ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]`` plus the
+    architecture's own (JumpReLU's ``threshold [d_sae]``). Computation, for input ``x [..., d_in]``::
 
         x_in  = normalise(x) - b_dec            (b_dec only if cfg.apply_b_dec_to_input)
         pre   = x_in @ W_enc + b_enc             -> hook_sae_acts_pre
-        acts  = relu(pre) | topk(pre) | relu(pre) * (pre > relu(threshold))  -> hook_sae_acts_post
+        acts  = activation(pre)                  -> hook_sae_acts_post   (per architecture, docs/sae.md)
         recon = acts @ W_dec + b_dec             -> hook_sae_recons
         out   = denormalise(recon)               -> hook_sae_output
 
@@ -47,8 +83,33 @@ class SAE(HookedRootModule):
     W_dec: Float[Tensor, "d_sae d_in"]
     b_dec: Float[Tensor, " d_in"]
 
+    # The name configs and checkpoints use for the architecture (the registry key).
+    architecture: ClassVar[str] = ""
+    # Whether the architecture has a k-sparse code (encode_topk / decode_topk, no dense [.., d_sae] tensor).
+    has_sparse_code: ClassVar[bool] = False
+    # Whether training_terms is implemented (architectures that are only loaded, not trained, say False).
+    trainable: ClassVar[bool] = True
+    # The TrainConfig field that scales sparsity_loss during training (None: the loss has no sparsity term).
+    sparsity_coefficient_field: ClassVar[str | None] = None
+    # The architecture name SAELens writes for it.
+    saelens_architecture: ClassVar[str] = ""
+
+    def __new__(cls, cfg: SAEConfig | None = None, *args: Any, **kwargs: Any) -> SAE:  # noqa: PYI034 - a subclass
+        # SAE(cfg) builds the class of cfg.architecture, so callers never pick the subclass by hand.
+        implementation = cls
+        if cls is SAE:
+            if cfg is None:
+                raise ConfigError("SAE(cfg) needs an SAEConfig, e.g. SAE(SAEConfig(d_in=768, d_sae=16384)).")
+            implementation = architecture_class(cfg.architecture)
+        return super().__new__(implementation)
+
     def __init__(self, cfg: SAEConfig, device: torch.device | str | None = None) -> None:
         super().__init__()
+        if cfg.architecture != self.architecture:
+            raise ConfigError(
+                f"{type(self).__name__} implements architecture {self.architecture!r}, but the config asks for "
+                f"{cfg.architecture!r}; build it with SAE(cfg)."
+            )
         self.cfg = cfg
         factory = {"dtype": cfg.torch_dtype, "device": device}
         decoder = torch.empty(cfg.d_sae, cfg.d_in, **factory)
@@ -58,8 +119,8 @@ class SAE(HookedRootModule):
         self.W_enc = nn.Parameter(decoder.T.contiguous())
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **factory))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, **factory))
-        if cfg.architecture == "jumprelu":
-            self.threshold = nn.Parameter(torch.zeros(cfg.d_sae, **factory))
+        for name, shape in self.extra_parameter_shapes(cfg).items():
+            self.register_parameter(name, nn.Parameter(torch.zeros(shape, **factory)))
         self.hook_sae_input = HookPoint()
         self.hook_sae_acts_pre = HookPoint()
         self.hook_sae_acts_post = HookPoint()
@@ -68,6 +129,70 @@ class SAE(HookedRootModule):
         self.hook_sae_output = HookPoint()
         self.use_error_term = False
         self.setup()
+
+    # ------------------------------------------------------------------ what an architecture supplies
+    @classmethod
+    def check_config(cls, cfg: SAEConfig) -> None:
+        """Raise :class:`ConfigError` unless ``cfg``'s architecture-specific fields make sense for this class."""
+        if cfg.k is not None:
+            raise ConfigError(f"k={cfg.k!r} is only meaningful for architecture 'topk', not {cfg.architecture!r}.")
+
+    @classmethod
+    def extra_parameter_shapes(cls, cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
+        """The architecture's parameters beyond ``W_enc``, ``b_enc``, ``W_dec``, ``b_dec``, with their shapes."""
+        return {}
+
+    @classmethod
+    def parameter_shapes(cls, cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
+        """Every parameter an SAE with ``cfg`` has, with its shape (what a checkpoint must hold).
+
+        Example:
+            >>> SAE.parameter_shapes(SAEConfig(d_in=8, d_sae=32))["W_enc"]
+            (8, 32)
+        """
+        own = architecture_class(cfg.architecture)
+        shapes = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
+        return {**shapes, **own.extra_parameter_shapes(cfg)}
+
+    @classmethod
+    def default_learning_rate(cls, d_sae: int) -> float:
+        """The peak learning rate training uses for ``d_sae`` latents when none is given."""
+        return 4e-4
+
+    def activation(self, pre: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_sae"]:
+        """The feature activations for pre-activations ``pre`` (dense)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define its activation function")
+
+    def sparse_code(self, sae_in: Float[Tensor, "*batch d_in"]) -> tuple[Float[Tensor, "*batch k"], Int[Tensor, "*batch k"]]:
+        """``(values, indices)`` of the active latents of the (normalised, centred) encoder input."""
+        raise ConfigError(
+            f"a sparse (values, indices) code needs a topk SAE; this one is {self.cfg.architecture!r}. Use encode() instead."
+        )
+
+    def training_terms(self, sae_in: Float[Tensor, "n d_in"], batch: TrainingBatch) -> TrainingTerms:
+        """The reconstruction and loss terms of one training batch (``sae_in`` already normalised and centred)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be trained")
+
+    def prepare_for_training(self, settings: Any) -> None:
+        """Initialise the architecture's own parameters before training (``settings``: a TrainConfig)."""
+
+    def after_optimizer_step(self) -> None:
+        """Keep the architecture's parameters in their valid range after each optimiser step."""
+
+    @classmethod
+    def saelens_fields(cls, cfg: SAEConfig) -> dict[str, Any]:
+        """The architecture's own ``cfg.json`` entries in SAELens's layout (beyond the shared ones)."""
+        return {}
+
+    @classmethod
+    def read_saelens_fields(cls, values: dict[str, Any], path: Path) -> dict[str, Any]:
+        """The :class:`SAEConfig` fields this architecture reads from a SAELens ``cfg.json``."""
+        return {}
+
+    @classmethod
+    def fold_saelens_weights(cls, values: dict[str, Any], tensors: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
+        """SAELens's stored tensors turned into this class's plain parameters (e.g. folded rescalings)."""
+        return tensors
 
     @property
     def d_in(self) -> int:
@@ -124,7 +249,7 @@ class SAE(HookedRootModule):
             >>> recon = sae.decode(sae.encode(x), sae.norm_stats(x))
         """
         self._check_last_dim(acts, self.cfg.d_sae, "feature activations")
-        recon = self.hook_sae_recons(acts.to(self.W_dec.dtype) @ self.W_dec + self.b_dec)
+        recon = self.hook_sae_recons(self._decode_dense(acts.to(self.W_dec.dtype)))
         return denormalize(recon, self._stats_for_decode(norm_stats))
 
     def encode_topk(
@@ -135,12 +260,12 @@ class SAE(HookedRootModule):
         Example:
             >>> values, indices = sae.encode_topk(torch.randn(1024, 768))  # each [1024, k]
         """
-        if self.cfg.architecture != "topk":
+        if not self.has_sparse_code:
             raise ConfigError(
                 f"encode_topk needs a topk SAE; this one is {self.cfg.architecture!r}. Use encode() instead."
             )
         sae_in, _ = self._prepare_input(x, run_hooks=True)
-        return self._sparse_code(sae_in)
+        return self.sparse_code(sae_in)
 
     def decode_topk(
         self,
@@ -182,14 +307,13 @@ class SAE(HookedRootModule):
 
     def _reconstruct(self, x: Tensor, run_hooks: bool) -> Tensor:
         sae_in, stats = self._prepare_input(x, run_hooks)
-        sparse = self.cfg.architecture == "topk" and not (
+        sparse = self.has_sparse_code and not (
             run_hooks and (has_hooks(self.hook_sae_acts_pre) or has_hooks(self.hook_sae_acts_post))
         )
         if sparse:
-            recon = self._sparse_decode(*self._sparse_code(sae_in), run_hooks=run_hooks)
+            recon = self._sparse_decode(*self.sparse_code(sae_in), run_hooks=run_hooks)
         else:
-            acts = self._activations(sae_in, run_hooks)
-            recon = acts @ self.W_dec + self.b_dec
+            recon = self._decode_dense(self._activations(sae_in, run_hooks))
             if run_hooks:
                 recon = self.hook_sae_recons(recon)
         return denormalize(recon, stats)
@@ -203,40 +327,45 @@ class SAE(HookedRootModule):
         inner = (self.hook_sae_input, self.hook_sae_acts_pre, self.hook_sae_acts_post, self.hook_sae_recons)
         return any(has_hooks(hook_point) for hook_point in inner)
 
+    def normalised_input(self, x: Float[Tensor, "*batch d_in"]) -> tuple[Float[Tensor, "*batch d_in"], NormStats]:
+        """``x`` in the SAE's normalised space (what the reconstruction aims at) and the statistics to undo it.
+
+        Example:
+            >>> target, stats = sae.normalised_input(x)
+        """
+        self._check_last_dim(x, self.cfg.d_in, "input")
+        return normalize(x.to(self.W_enc.dtype), self.cfg.normalize_activations, self.cfg.scaling_factor)
+
+    def encoder_input(self, normalised: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_in"]:
+        """What the encoder multiplies: the normalised input, minus ``b_dec`` when the config says so."""
+        return normalised - self.b_dec if self.cfg.apply_b_dec_to_input else normalised
+
+    def pre_activations(self, sae_in: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
+        """``sae_in @ W_enc + b_enc``."""
+        return sae_in @ self.W_enc + self.b_enc
+
     def _prepare_input(self, x: Tensor, run_hooks: bool) -> tuple[Tensor, NormStats]:
         self._check_last_dim(x, self.cfg.d_in, "input")
         x = x.to(self.W_enc.dtype)
         if run_hooks:
             x = self.hook_sae_input(x)
-        sae_in, stats = normalize(x, self.cfg.normalize_activations, self.cfg.scaling_factor)
-        if self.cfg.apply_b_dec_to_input:
-            sae_in = sae_in - self.b_dec
-        return sae_in, stats
+        normalised, stats = normalize(x, self.cfg.normalize_activations, self.cfg.scaling_factor)
+        return self.encoder_input(normalised), stats
 
     def _activations(self, sae_in: Tensor, run_hooks: bool) -> Tensor:
-        if self.cfg.architecture == "topk" and not (run_hooks and has_hooks(self.hook_sae_acts_pre)):
-            values, indices = self._sparse_code(sae_in)
+        if self.has_sparse_code and not (run_hooks and has_hooks(self.hook_sae_acts_pre)):
+            values, indices = self.sparse_code(sae_in)
             acts = torch.zeros(*sae_in.shape[:-1], self.cfg.d_sae, dtype=values.dtype, device=values.device)
             acts = acts.scatter(-1, indices, values)
         else:
-            pre = sae_in @ self.W_enc + self.b_enc
+            pre = self.pre_activations(sae_in)
             if run_hooks:
                 pre = self.hook_sae_acts_pre(pre)
-            acts = self._activation_function(pre)
+            acts = self.activation(pre)
         return self.hook_sae_acts_post(acts) if run_hooks else acts
 
-    def _activation_function(self, pre: Tensor) -> Tensor:
-        if self.cfg.architecture == "standard":
-            return F.relu(pre)
-        if self.cfg.architecture == "jumprelu":
-            return F.relu(pre) * (pre > F.relu(self.threshold))
-        values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
-        if self.cfg.topk_apply_relu:
-            values = F.relu(values)
-        return torch.zeros_like(pre).scatter(-1, indices, values)
-
-    def _sparse_code(self, sae_in: Tensor) -> tuple[Tensor, Tensor]:
-        return kernels.encode_topk(sae_in, self.W_enc, self.b_enc, self.cfg.k, apply_relu=self.cfg.topk_apply_relu)
+    def _decode_dense(self, acts: Tensor) -> Tensor:
+        return kernels.decode_dense_or_sparse(acts, self.W_dec, self.b_dec)
 
     def _sparse_decode(self, values: Tensor, indices: Tensor, run_hooks: bool) -> Tensor:
         recon = kernels.decode_topk(values.to(self.W_dec.dtype), indices, self.W_dec, self.b_dec)
@@ -323,8 +452,6 @@ class SAE(HookedRootModule):
         Example:
             >>> sae = SAE.from_pretrained("prisma/clip-b32/all-patches/resid_post/9")
         """
-        from vit_sae_hooks import pretrained
-
         entry = pretrained.lookup(name)
         if entry is not None:
             location = entry.resolve(revision=revision, cache_dir=cache_dir)

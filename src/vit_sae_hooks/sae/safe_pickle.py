@@ -79,7 +79,7 @@ def load_torch_checkpoint(path: Path) -> Any:
             f"{path} is not a readable torch checkpoint ({reason}); the file is probably truncated or corrupt. "
             "Download it again."
         ) from error
-    except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways (zip, struct, key, EOF errors)
+    except Exception as error:
         raise CheckpointFormatError(
             f"{path} is not a readable torch checkpoint ({type(error).__name__}: {_first_line(error)}); "
             "the file is probably truncated or corrupt. Download it again."

@@ -5,13 +5,8 @@ Example:
     >>> sae = train_sae(ImageActivations(model, "blocks.9.hook_resid_post", images), TrainConfig(k=32), out="runs/l9")
 """
 
-from vit_sae_hooks.training.activations import (
-    BlockStream,
-    ImageActivations,
-    TensorActivations,
-    hook_activations,
-    select_tokens,
-)
+from vit_sae_hooks.tokens import select_tokens
+from vit_sae_hooks.training.activations import BlockStream, ImageActivations, TensorActivations, hook_activations
 from vit_sae_hooks.training.cache import CachedActivations, write_activation_cache
 from vit_sae_hooks.training.config import TrainConfig
 from vit_sae_hooks.training.trainer import geometric_median, train_sae

@@ -9,7 +9,6 @@ recomputes one block and continues with exactly the batches an uninterrupted run
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -17,16 +16,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vit_sae_hooks.errors import ConfigError, DataError, InputShapeError
-from vit_sae_hooks.sae.config import TOKEN_SETS
+from vit_sae_hooks.errors import DataError, InputShapeError
+from vit_sae_hooks.hook_names import stop_layer
+from vit_sae_hooks.tokens import TokenLayout, select_tokens
 
 if TYPE_CHECKING:
     from vit_sae_hooks.model import HookedViT
-
-_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
-# Hooks computed before the first block: a run with stop_at_layer=0 reaches them.
-_EMBEDDING_HOOKS = ("hook_embed", "hook_pos_embed", "hook_full_embed", "ln_pre.")
-
 
 def seeded_generator(*keys: int) -> torch.Generator:
     """A CPU generator seeded from ``keys`` (e.g. seed, shard, block), independent of any global RNG.
@@ -36,54 +31,6 @@ def seeded_generator(*keys: int) -> torch.Generator:
     """
     digest = hashlib.sha256(repr(tuple(int(key) for key in keys)).encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-
-
-def stop_layer(hook_name: str) -> int | None:
-    """The ``stop_at_layer`` that still computes ``hook_name`` (None: the whole model is needed).
-
-    Example:
-        >>> stop_layer("blocks.9.hook_resid_post")
-        10
-    """
-    match = _BLOCK_HOOK.match(hook_name)
-    if match:
-        return int(match.group(1)) + 1
-    if hook_name.startswith(_EMBEDDING_HOOKS):
-        return 0
-    return None
-
-
-def select_tokens(
-    activations: Float[Tensor, "batch pos d"] | Float[Tensor, "batch d"], token_set: str, n_prefix_tokens: int,
-    has_cls_token: bool = True, hook_name: str = "the hook",
-) -> Float[Tensor, "tokens d"]:
-    """The rows of one hook's activations that belong to ``token_set`` (``all``, ``cls`` or ``patches``).
-
-    Example:
-        >>> select_tokens(torch.randn(2, 50, 768), "patches", n_prefix_tokens=1).shape
-        torch.Size([98, 768])
-    """
-    if token_set not in TOKEN_SETS:
-        raise ConfigError(f"token set {token_set!r} is not one of {TOKEN_SETS}.")
-    if activations.ndim == 2:
-        if token_set != "all":
-            raise ConfigError(
-                f"{hook_name} has one vector per image (shape {tuple(activations.shape)}), so token set "
-                f"{token_set!r} does not apply; use token set 'all'."
-            )
-        return activations
-    if activations.ndim != 3:
-        raise InputShapeError(
-            f"{hook_name} has shape {tuple(activations.shape)}; an SAE trains on [batch, pos, d] or [batch, d] "
-            "activations. Pick a hook such as 'blocks.L.hook_resid_post', 'blocks.L.hook_mlp_out' or 'blocks.L.mlp.hook_post'."
-        )
-    if token_set == "cls":
-        if not has_cls_token:
-            raise ConfigError("token set 'cls' needs a model with a CLS token; this one has none. Use 'all' or 'patches'.")
-        return activations[:, 0]
-    if token_set == "patches":
-        activations = activations[:, n_prefix_tokens:]
-    return activations.reshape(-1, activations.shape[-1])
 
 
 def hook_activations(
@@ -103,14 +50,17 @@ def hook_activations(
 
     stop = stop_layer(hook_name)
     use_autocast = autocast and images.is_cuda
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
-        with model.hooks(fwd_hooks=[(hook_name, capture)]):
-            if stop is None:
-                model(images, return_type=None)
-            else:
-                model(images, stop_at_layer=stop)
-    cfg = model.cfg
-    selected = select_tokens(captured[0], token_set, cfg.n_prefix_tokens, cfg.has_cls_token, repr(hook_name))
+    with (
+        torch.no_grad(),
+        torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast),
+        model.hooks(fwd_hooks=[(hook_name, capture)]),
+    ):
+        if stop is None:
+            model(images, return_type=None)
+        else:
+            model(images, stop_at_layer=stop)
+    layout = TokenLayout.of(model.cfg)
+    selected = select_tokens(captured[0], token_set, layout.n_prefix_tokens, layout.has_cls_token, repr(hook_name))
     return selected.float()
 
 

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from vit_sae_hooks.errors import DataError
+from vit_sae_hooks.files import read_json
 from vit_sae_hooks.training.activations import ActivationData, BlockStream, seeded_generator, shuffled
 from vit_sae_hooks.training.checkpoint import replace_file
 
@@ -40,10 +41,7 @@ def _part_folder(folder: Path, part: int) -> Path:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise DataError(f"{path} is unreadable ({error}); delete the cache folder and write it again.") from error
+    return read_json(path, DataError, fix="delete the cache folder and write it again.")
 
 
 def _write_json(path: Path, values: dict[str, Any]) -> None:

@@ -144,7 +144,7 @@ def read_checkpoint(folder: Path, device: torch.device | str | None = None) -> t
     sae = SAE.load(folder, device=device)
     try:
         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for damaged or foreign files
+    except Exception as error:
         raise CheckpointFormatError(
             f"{folder / STATE_FILE} is not a readable trainer state ({type(error).__name__}: {error}); "
             "resume from an earlier checkpoint or start a fresh run."

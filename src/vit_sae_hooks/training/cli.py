@@ -1,4 +1,4 @@
-"""``vit-sae train`` (and ``python -m vit_sae_hooks.train``, which torchrun launches): train an SAE on a hook."""
+"""``vit-sae train`` (and ``python -m vit_sae_hooks.training``, which torchrun launches): train an SAE on a hook."""
 
 from __future__ import annotations
 
@@ -10,34 +10,28 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import Subset
 
+from vit_sae_hooks.cli_support import add_config_options, config_from_args, run_reporting_errors
 from vit_sae_hooks.errors import ConfigError, DataError
+from vit_sae_hooks.tokens import TOKEN_SETS
 from vit_sae_hooks.training import distributed
 from vit_sae_hooks.training.config import TrainConfig
 
 if TYPE_CHECKING:
-    from vit_sae_hooks import SAE, HookedViT
+    from vit_sae_hooks.model import HookedViT
+    from vit_sae_hooks.sae import SAE
     from vit_sae_hooks.training.cache import CachedActivations
-
-# "relu" is what users call the standard architecture.
-_ARCHITECTURES = {"topk": "topk", "relu": "standard", "standard": "standard", "jumprelu": "jumprelu"}
-
-
-def _count(text: str) -> int:
-    # Budgets are easier to write as 2e6 than as 2000000.
-    value = float(text)
-    if not value.is_integer() or value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number (e.g. 2e6 or 2000000)")
-    return int(value)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``vit-sae train``, shared by the subcommand and ``python -m vit_sae_hooks.train``."""
-    defaults = TrainConfig()
+    """The options of ``vit-sae train``, shared by the subcommand and ``python -m vit_sae_hooks.training``.
+
+    The SAE and optimisation options are generated from :class:`TrainConfig`'s fields, one per field.
+    """
     data = parser.add_argument_group("data")
     data.add_argument("--model", required=True, help="hub id or local folder of the vision transformer")
     data.add_argument("--hook", required=True, help="hook to train on, e.g. blocks.9.hook_resid_post")
     data.add_argument("--images", help="image folder (class subfolders or flat) to take activations from")
-    data.add_argument("--tokens", choices=("all", "cls", "patches"), default="all", help="token set (default all)")
+    data.add_argument("--tokens", choices=TOKEN_SETS, default="all", help="token set (default all)")
     data.add_argument("--cache-activations", metavar="DIR",
                       help="write the activations here once (or reuse a finished cache) and train from disk")
     data.add_argument("--held-out", type=int, default=256, metavar="N",
@@ -46,32 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--buffer-images", type=int, default=256,
                       help="images whose tokens are shuffled together into batches (default 256)")
     data.add_argument("--workers", type=int, default=2, help="image decoding processes (default 2)")
-    data.add_argument("--data-shards", type=int, help="split the data into this many shards (default: one per process)")
-    sae = parser.add_argument_group("SAE")
-    sae.add_argument("--arch", choices=sorted(_ARCHITECTURES), default="topk", help="topk (default), relu or jumprelu")
-    sae.add_argument("--k", type=int, default=defaults.k, help=f"active latents per token for topk (default {defaults.k})")
-    sae.add_argument("--expansion", type=int, default=defaults.expansion_factor,
-                     help=f"d_sae = expansion * d_in (default {defaults.expansion_factor})")
-    sae.add_argument("--normalize", choices=("none", "scaling_factor"), default=defaults.normalize_activations,
-                     help="rescale inputs to an average norm of sqrt(d_in) with a fixed factor (default none)")
-    sae.add_argument("--b-dec-init", choices=("geometric_median", "mean", "zeros"), default=defaults.b_dec_init)
-    optimisation = parser.add_argument_group("optimisation")
-    optimisation.add_argument("--tokens-budget", type=_count, default=defaults.tokens_budget,
-                              help="training tokens over all processes, e.g. 2e6")
-    optimisation.add_argument("--batch-size", type=_count, default=defaults.batch_size, help="tokens per step (all processes)")
-    optimisation.add_argument("--lr", type=float, help="peak learning rate (default: per architecture)")
-    optimisation.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
-    optimisation.add_argument("--l1-coefficient", type=float, default=defaults.l1_coefficient, help="relu sparsity penalty")
-    optimisation.add_argument("--l0-coefficient", type=float, default=defaults.l0_coefficient, help="jumprelu sparsity penalty")
-    optimisation.add_argument("--dead-tokens", type=_count, default=defaults.dead_tokens,
-                              help="tokens without firing after which a latent counts as dead (default 1e7)")
-    optimisation.add_argument("--seed", type=int, default=defaults.seed)
+    add_config_options(parser.add_argument_group("SAE and optimisation (TrainConfig)"), TrainConfig)
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, help="folder for checkpoints/ and the final SAE (SAELens layout)")
     run.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                      help="continue from the latest checkpoint in --out (or from CHECKPOINT)")
-    run.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every, help="steps between checkpoints")
-    run.add_argument("--wandb", nargs="?", const="vit-sae", metavar="PROJECT", help="log to Weights & Biases")
     run.add_argument("--device", help="torch device (default: cuda if available, under torchrun the local GPU)")
     run.add_argument("--eval-head", help="head for the final evaluation's CE metrics: 'model' or 'zero-shot:FILE'")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -79,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def train_command(args: argparse.Namespace) -> int:
     """Run ``vit-sae train``: train, save, then print the held-out evaluation row."""
-    from vit_sae_hooks import HookedViT
+    from vit_sae_hooks.model import HookedViT
     from vit_sae_hooks.training.activations import ImageActivations
     from vit_sae_hooks.training.cache import CachedActivations, write_activation_cache
     from vit_sae_hooks.training.trainer import train_sae
@@ -89,14 +62,7 @@ def train_command(args: argparse.Namespace) -> int:
         device = torch.device(args.device)
     rank = distributed.rank()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(levelname)s %(message)s")
-    config = TrainConfig(
-        architecture=_ARCHITECTURES[args.arch], k=args.k, expansion_factor=args.expansion,
-        normalize_activations=args.normalize, b_dec_init=args.b_dec_init, batch_size=args.batch_size,
-        tokens_budget=args.tokens_budget, lr=args.lr, warmup_steps=args.warmup_steps,
-        l1_coefficient=args.l1_coefficient, l0_coefficient=args.l0_coefficient, dead_tokens=args.dead_tokens,
-        seed=args.seed, data_shards=args.data_shards, checkpoint_every=args.checkpoint_every,
-        wandb_project=args.wandb,
-    )
+    config = config_from_args(TrainConfig, args)
     model = HookedViT.from_pretrained(args.model, device=device).eval()
     model.check_hook_name(args.hook)
     train_images = held_out = None
@@ -122,7 +88,8 @@ def train_command(args: argparse.Namespace) -> int:
             data = CachedActivations(cache)
     sae = train_sae(data, config, out=args.out, resume=args.resume, device=device, progress=not args.quiet)
     if rank == 0:
-        print(f"saved a {sae.cfg.architecture} SAE ({sae.d_in} -> {sae.d_sae} latents, {args.hook}, {args.tokens} tokens) to {args.out}")
+        print(f"saved a {sae.cfg.architecture} SAE ({sae.d_in} -> {sae.d_sae} latents, {args.hook}, "
+              f"{args.tokens} tokens) to {args.out}")
         _print_evaluation(model, sae, held_out, args)
     return 0
 
@@ -178,16 +145,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add ``vit-sae train``."""
     parser = commands.add_parser(
         "train", help="train an SAE on a hook of a vision transformer",
-        description="Train a TopK, ReLU or JumpReLU SAE on one hook; torchrun -m vit_sae_hooks.train scales it out.",
+        description="Train a TopK, ReLU or JumpReLU SAE on one hook; torchrun -m vit_sae_hooks.training scales it out.",
     )
     add_arguments(parser)
     parser.set_defaults(run=train_command)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m vit_sae_hooks.train ARGS``: the same options as ``vit-sae train``."""
-    parser = argparse.ArgumentParser(prog="python -m vit_sae_hooks.train", description="Train an SAE on a hook.")
+    """``python -m vit_sae_hooks.training ARGS``: the same options as ``vit-sae train``."""
+    parser = argparse.ArgumentParser(prog="python -m vit_sae_hooks.training", description="Train an SAE on a hook.")
     add_arguments(parser)
-    from vit_sae_hooks.cli import run_reporting_errors
-
     return run_reporting_errors(parser.prog, train_command, parser.parse_args(argv))

@@ -1,17 +1,26 @@
-"""Everything that decides how an SAE is trained, as one validated dataclass."""
+"""Everything that decides how an SAE is trained, as one validated dataclass; ``vit-sae train`` makes one
+command-line option per field from the same declarations (help text included)."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from vit_sae_hooks.checks import config_from_dict, finite_number, non_negative_int, positive_int
+from vit_sae_hooks.cli_support import option
 from vit_sae_hooks.errors import ConfigError
-from vit_sae_hooks.sae.config import ARCHITECTURES
+from vit_sae_hooks.sae.registry import architecture_class, architecture_names
 
 BDecInit = Literal["geometric_median", "mean", "zeros"]
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
+TrainableNormalization = Literal["none", "scaling_factor"]
 TRAINABLE_NORMALIZATIONS = ("none", "scaling_factor")
+# What users call the standard architecture on the command line.
+ARCHITECTURE_ALIASES = {"relu": "standard"}
+
+
+def _architecture_choices() -> tuple[str, ...]:
+    return (*architecture_names(), *ARCHITECTURE_ALIASES)
 
 
 @dataclass
@@ -25,50 +34,59 @@ class TrainConfig:
     ``dead_tokens`` tokens without firing. ReLU (``"standard"``) pays ``l1_coefficient`` · ‖f‖₁/σ and
     JumpReLU ``l0_coefficient`` · L0, both ramped up over ``sparsity_warmup_steps``. ``data_shards`` is
     how the data is split (default: one shard per process); runs with the same ``data_shards`` see the
-    same batches whatever the number of processes.
+    same batches whatever the number of processes. Each field's help text says what it does.
 
     Example:
         >>> config = TrainConfig(architecture="topk", k=32, expansion_factor=16, tokens_budget=2_000_000)
     """
 
-    architecture: str = "topk"
-    k: int | None = 32
-    expansion_factor: int = 16
-    d_sae: int | None = None
-    normalize_activations: str = "none"
-    b_dec_init: BDecInit = "geometric_median"
-    init_tokens: int = 16384
-    batch_size: int = 4096
-    tokens_budget: int = 2_000_000
-    lr: float | None = None
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 100
-    decay_fraction: float = 0.2
-    grad_clip: float = 1.0
-    k_aux: int | None = None
-    aux_coefficient: float = 1 / 32
-    dead_tokens: int = 10_000_000
-    l1_coefficient: float = 5.0
-    l0_coefficient: float = 0.01
-    sparsity_warmup_steps: int = 1000
-    jumprelu_bandwidth: float = 0.001
-    jumprelu_init_threshold: float = 0.001
-    seed: int = 0
-    data_shards: int | None = None
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    autocast: bool = True
-    wandb_project: str | None = None
+    architecture: str = option("topk", "SAE architecture ('relu' is 'standard')", flags=("--arch",),
+                               choices=_architecture_choices)
+    k: int | None = option(32, "active latents per token (topk only)")
+    expansion_factor: int = option(16, "d_sae = expansion_factor * d_in", flags=("--expansion",))
+    d_sae: int | None = option(None, "number of latents, overriding expansion_factor")
+    normalize_activations: TrainableNormalization = option(
+        "none", "'scaling_factor' rescales inputs to an average norm of sqrt(d_in) with one fixed factor",
+        flags=("--normalize",))
+    b_dec_init: BDecInit = option("geometric_median", "initial decoder bias: the data's geometric median, mean or zeros")
+    init_tokens: int = option(16384, "tokens used to initialise b_dec and measure the data's variance")
+    batch_size: int = option(4096, "tokens per optimiser step, over all processes")
+    tokens_budget: int = option(2_000_000, "training tokens over all processes, e.g. 2e6")
+    lr: float | None = option(None, "peak learning rate (none: the architecture's default for d_sae)")
+    adam_betas: tuple[float, float] = option((0.9, 0.999), "Adam's beta1 and beta2")
+    warmup_steps: int = option(100, "steps of linear learning-rate warm-up")
+    decay_fraction: float = option(0.2, "fraction of the steps at the end over which the learning rate decays to 0")
+    grad_clip: float = option(1.0, "clip the gradient's global norm to this (0: no clipping)")
+    k_aux: int | None = option(None, "dead latents in the AuxK loss (topk; none: d_in / 2)")
+    aux_coefficient: float = option(1 / 32, "weight of the AuxK loss (topk)")
+    dead_tokens: int = option(10_000_000, "tokens without firing after which a latent counts as dead")
+    l1_coefficient: float = option(5.0, "sparsity penalty of relu SAEs (L1 / sigma)")
+    l0_coefficient: float = option(0.01, "sparsity penalty of jumprelu SAEs (L0)")
+    sparsity_warmup_steps: int = option(1000, "steps over which the sparsity penalty ramps up linearly")
+    jumprelu_bandwidth: float = option(0.001, "width of the straight-through kernel around the threshold (jumprelu)")
+    jumprelu_init_threshold: float = option(0.001, "initial threshold of every latent (jumprelu)")
+    seed: int = option(0, "seed of the initialisation and the data order")
+    data_shards: int | None = option(None, "split the data into this many shards (none: one per process)")
+    checkpoint_every: int = option(1000, "steps between checkpoints")
+    keep_checkpoints: int = option(2, "checkpoints kept on disk (the newest)")
+    log_every: int = option(10, "steps between progress updates and logged metrics")
+    autocast: bool = option(True, "bfloat16 autocast on CUDA")
+    wandb_project: str | None = option(None, "log to this Weights & Biases project", flags=("--wandb",),
+                                       nargs="?", const="vit-sae", metavar="PROJECT")
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ConfigError(f"architecture {self.architecture!r} is not trainable; use one of {ARCHITECTURES}.")
-        if self.architecture != "topk":
-            # k belongs to TopK only; the CLI passes its default along for every architecture.
+        self.architecture = ARCHITECTURE_ALIASES.get(self.architecture, self.architecture)
+        own = architecture_class(self.architecture)
+        if not own.trainable:
+            raise ConfigError(
+                f"architecture {self.architecture!r} is not trainable; trainable: "
+                f"{[name for name in architecture_names() if architecture_class(name).trainable]}."
+            )
+        if own.has_sparse_code:
+            positive_int("k", self.k, "Pass e.g. k=32.")
+        else:
+            # k belongs to k-sparse architectures only; the CLI passes its default along for every architecture.
             self.k = None
-        elif isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ConfigError(f"a topk SAE needs a positive integer k, got k={self.k!r}; pass e.g. k=32.")
         if self.normalize_activations not in TRAINABLE_NORMALIZATIONS:
             raise ConfigError(
                 f"normalize_activations={self.normalize_activations!r} is not supported for training; use one of "
@@ -76,35 +94,41 @@ class TrainConfig:
             )
         if self.b_dec_init not in B_DEC_INITS:
             raise ConfigError(f"b_dec_init={self.b_dec_init!r} is not one of {B_DEC_INITS}.")
-        positive = ["expansion_factor", "init_tokens", "batch_size", "tokens_budget", "dead_tokens",
-                    "checkpoint_every", "keep_checkpoints", "log_every"]
-        for name in positive:
-            _require_positive_int(name, getattr(self, name))
+        for name in ("expansion_factor", "init_tokens", "batch_size", "tokens_budget", "dead_tokens",
+                     "checkpoint_every", "keep_checkpoints", "log_every"):
+            positive_int(name, getattr(self, name))
         for name in ("warmup_steps", "sparsity_warmup_steps", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}.")
+            non_negative_int(name, getattr(self, name))
         for name in ("d_sae", "k_aux", "data_shards"):
             if getattr(self, name) is not None:
-                _require_positive_int(name, getattr(self, name))
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"lr must be a positive finite number or None (architecture default), got {self.lr!r}.")
-        if not 0 <= self.decay_fraction <= 1:
+                positive_int(name, getattr(self, name))
+        if self.lr is not None:
+            finite_number("lr", self.lr, minimum=0, strictly=True)
+        if not 0 <= finite_number("decay_fraction", self.decay_fraction) <= 1:
             raise ConfigError(f"decay_fraction must lie in [0, 1], got {self.decay_fraction!r}.")
         for name in ("grad_clip", "aux_coefficient", "l1_coefficient", "l0_coefficient"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ConfigError(f"{name} must be a finite non-negative number, got {value!r}.")
+            finite_number(name, getattr(self, name), minimum=0)
         for name in ("jumprelu_bandwidth", "jumprelu_init_threshold"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name} must be a positive number, got {value!r}.")
-        self.adam_betas = tuple(float(beta) for beta in self.adam_betas)
+            finite_number(name, getattr(self, name), minimum=0, strictly=True)
+        if len(self.adam_betas) != 2:
+            raise ConfigError(f"adam_betas must be two numbers (beta1, beta2), got {self.adam_betas!r}.")
+        self.adam_betas = tuple(finite_number("adam_betas", beta, minimum=0) for beta in self.adam_betas)
         if self.tokens_budget < self.batch_size:
             raise ConfigError(
                 f"tokens_budget={self.tokens_budget} is smaller than one batch ({self.batch_size} tokens); "
                 "raise the budget or lower batch_size."
             )
+
+    @property
+    def sparsity_coefficient(self) -> float:
+        """The architecture's sparsity penalty (``l1_coefficient``, ``l0_coefficient``, or 0 for TopK).
+
+        Example:
+            >>> TrainConfig(architecture="standard", l1_coefficient=5.0).sparsity_coefficient
+            5.0
+        """
+        field_name = architecture_class(self.architecture).sparsity_coefficient_field
+        return 0.0 if field_name is None else float(getattr(self, field_name))
 
     @property
     def total_steps(self) -> int:
@@ -129,7 +153,7 @@ class TrainConfig:
         """
         if self.lr is not None:
             return self.lr
-        return 2e-4 / math.sqrt(d_sae / 2**14) if self.architecture == "topk" else 4e-4
+        return architecture_class(self.architecture).default_learning_rate(d_sae)
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as JSON-ready values.
@@ -143,20 +167,11 @@ class TrainConfig:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, values: dict[str, Any], source: object = None) -> TrainConfig:
         """A config from :meth:`to_dict` output; unknown keys are an error so typos do not pass silently.
 
         Example:
             >>> TrainConfig.from_dict({"architecture": "standard"}).architecture
             'standard'
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown TrainConfig fields {unknown}; valid fields are {sorted(known)}.")
-        return cls(**values)
-
-
-def _require_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        return config_from_dict(cls, values, source=source)

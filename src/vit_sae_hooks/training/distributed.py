@@ -16,12 +16,12 @@ def init_from_environment() -> torch.device:
     Without torchrun's variables (or with ``WORLD_SIZE=1``) nothing is initialised.
 
     Example:
-        >>> device = init_from_environment()  # under `torchrun --nproc_per_node 2 -m vit_sae_hooks.train ...`
+        >>> device = init_from_environment()  # under `torchrun --nproc_per_node 2 -m vit_sae_hooks.training ...`
     """
     cuda = torch.cuda.is_available()
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if cuda else "gloo")
@@ -57,15 +57,6 @@ def gather_objects(value: Any) -> list[Any]:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)
     return gathered
-
-
-def broadcast_object(value: Any) -> Any:
-    """Rank 0's ``value`` on every process."""
-    if not is_distributed():
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
 
 
 def barrier() -> None:

@@ -66,17 +66,15 @@ def learning_rate_at(step: int, peak: float, config: TrainConfig) -> float:
 
 
 def sparsity_coefficient_at(step: int, config: TrainConfig) -> float:
-    """The L1 (ReLU) or L0 (JumpReLU) coefficient of ``step``, ramped up linearly; 0 for TopK.
+    """The architecture's sparsity coefficient (L1 for ReLU, L0 for JumpReLU, 0 for TopK) at ``step``, ramped
+    up linearly.
 
     Example:
         >>> sparsity_coefficient_at(499, TrainConfig(architecture="standard", l1_coefficient=5.0, sparsity_warmup_steps=1000))
         2.5
     """
-    if config.architecture == "topk":
-        return 0.0
-    coefficient = config.l1_coefficient if config.architecture == "standard" else config.l0_coefficient
     ramp = min(1.0, (step + 1) / config.sparsity_warmup_steps) if config.sparsity_warmup_steps else 1.0
-    return coefficient * ramp
+    return config.sparsity_coefficient * ramp
 
 
 class _Run:
@@ -90,6 +88,8 @@ class _Run:
         self.variance = variance
         self.step = step
         self.tokens_since_fired = tokens_since_fired
+        # Refreshed every log_every steps (and stored in checkpoints) so a resumed run sees the same set.
+        self.dead_latents = tokens_since_fired.new_empty(0)
         self.wandb_id: str | None = None
 
 
@@ -117,7 +117,9 @@ def train_sae(
     world, rank = distributed.world_size(), distributed.rank()
     n_shards = config.data_shards or world
     if n_shards % world:
-        raise ConfigError(f"data_shards={n_shards} must be a multiple of the {world} processes; use {world * max(1, n_shards // world)}.")
+        raise ConfigError(
+            f"data_shards={n_shards} must be a multiple of the {world} processes; use {world * max(1, n_shards // world)}."
+        )
     if config.batch_size % n_shards:
         raise ConfigError(f"batch_size={config.batch_size} must divide evenly over data_shards={n_shards}.")
     shards = list(range(rank, n_shards, world))
@@ -147,20 +149,21 @@ def train_sae(
         batch = torch.cat([streams[shard].next_batch(per_shard) for shard in shards]).to(device, non_blocking=True)
         for group in run.optimizer.param_groups:
             group["lr"] = learning_rate_at(step, peak, config)
-        dead = run.tokens_since_fired >= config.dead_tokens
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
-            loss, stats, fired = model(batch, dead, sparsity_coefficient_at(step, config))
+            loss, stats, fired = model(batch, run.dead_latents, sparsity_coefficient_at(step, config))
         loss.backward()
         optimisation_step(sae, run.optimizer, config.grad_clip)
 
         # One collective per step: which latents fired anywhere, and the statistics for the progress bar.
         reduced = distributed.sum_over_processes(torch.cat([fired.double(), stats.double()]))
-        run.tokens_since_fired += config.batch_size
-        run.tokens_since_fired[reduced[: sae.d_sae] > 0] = 0
+        fired_anywhere = reduced[: sae.d_sae] > 0
+        run.tokens_since_fired = torch.where(fired_anywhere, 0, run.tokens_since_fired + config.batch_size)
         window += reduced[sae.d_sae :]
         run.step = step + 1
         if run.step % config.log_every == 0 or run.step == total:
-            dead_fraction = float((run.tokens_since_fired >= config.dead_tokens).float().mean())
+            # The dead set is read back here, every log_every steps, so the steps between need no host sync.
+            run.dead_latents = _dead_latents(run, config)
+            dead_fraction = run.dead_latents.numel() / sae.d_sae
             metrics = summarise(window, dead_fraction)
             window.zero_()
             bar.set_postfix(
@@ -181,6 +184,11 @@ def train_sae(
     if wandb_run is not None:
         wandb_run.finish()
     return sae.eval()
+
+
+def _dead_latents(run: _Run, config: TrainConfig) -> Tensor:
+    """The latents that have not fired for ``dead_tokens`` tokens, as indices on the run's device."""
+    return (run.tokens_since_fired >= config.dead_tokens).nonzero().flatten()
 
 
 def _checkpoint_to_resume(resume: bool | str | os.PathLike, out: Path | None) -> Path | None:
@@ -243,8 +251,7 @@ def _fresh_run(
             sae.b_dec.copy_(sample.mean(0))
         elif config.b_dec_init == "geometric_median":
             sae.b_dec.copy_(geometric_median(sample))
-        if sae_config.architecture == "jumprelu":
-            sae.threshold.fill_(config.jumprelu_init_threshold)
+    sae.prepare_for_training(config)
     sae = sae.to(device).train()
     optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate(sae.d_sae), betas=config.adam_betas)
     tokens_since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
@@ -284,6 +291,7 @@ def _resumed_run(
     for shard, stream in streams.items():
         stream.load_state_dict(state["streams"][str(shard)])
     run = _Run(sae, optimizer, float(state["variance"]), int(state["step"]), state["tokens_since_fired"].to(device))
+    run.dead_latents = state["dead_latents"].to(device) if "dead_latents" in state else _dead_latents(run, config)
     run.wandb_id = state.get("wandb_id")
     return run
 
@@ -297,6 +305,7 @@ def _checkpoint(out: Path, run: _Run, config: TrainConfig, n_shards: int, stream
             "step": run.step,
             "optimizer": run.optimizer.state_dict(),
             "tokens_since_fired": run.tokens_since_fired.cpu(),
+            "dead_latents": run.dead_latents.cpu(),
             "variance": run.variance,
             "streams": positions,
             "n_shards": n_shards,
@@ -333,9 +342,7 @@ def _constrain_decoder_gradient(sae: SAE) -> None:
 def _project_parameters(sae: SAE) -> None:
     with torch.no_grad():
         sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        if sae.cfg.architecture == "jumprelu":
-            # The SAE applies relu(threshold); a threshold pushed below zero would stop receiving gradient.
-            sae.threshold.clamp_(min=1e-6)
+    sae.after_optimizer_step()
 
 
 def _start_wandb(config: TrainConfig, sae_config: SAEConfig, run: _Run) -> Any:

@@ -12,7 +12,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,14 +23,14 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from vit_sae_hooks.errors import ConfigError, InputShapeError
+from vit_sae_hooks.tokens import TOKEN_SET_DESCRIPTIONS
 from vit_sae_hooks.viz.top_activating import TopActivations
 
 # A Preprocess (anything with .mean and .std), a (mean, std) pair, or None for per-image min-max scaling.
-Unnormalize = Union[Any, tuple[Sequence[float], Sequence[float]], None]
+Unnormalize = Any | tuple[Sequence[float], Sequence[float]] | None
 
 CELL_INCHES = 1.6
 HIGHLIGHT = colormaps["inferno"]
-TOKEN_SET_WORDS = {"all": "all tokens", "cls": "the CLS token", "patches": "the patch tokens"}
 
 
 def displayable_image(
@@ -251,7 +251,7 @@ def plot_feature_card(
     score_name = "max activation" if top.reduce == "max" else "top mean activation"
     figure.suptitle(
         f"feature {feature}  ·  {score_name} {float(top.scores[row, 0]):.3g}  ·  {top.hook_name} "
-        f"({top.reduce} over {TOKEN_SET_WORDS.get(top.token_set, top.token_set)}, {top.n_images} images)",
+        f"({top.reduce} over {TOKEN_SET_DESCRIPTIONS.get(top.token_set, top.token_set)}, {top.n_images} images)",
         fontsize=10,
     )
     return _save(figure, path, dpi)

@@ -16,7 +16,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from vit_sae_hooks.errors import ConfigError, InputShapeError
-from vit_sae_hooks.hook_names import hook_layer
+from vit_sae_hooks.hook_names import stop_layer
+from vit_sae_hooks.tokens import TokenLayout
 
 if TYPE_CHECKING:
     from vit_sae_hooks.model import HookedViT
@@ -81,9 +82,9 @@ def token_activations(
         captured["acts"] = selected if selected.ndim == 3 else selected[:, None]
         captured["positions"] = hook.ctx.get("positions")
 
-    layer = hook_layer(hook_name) if hook_name is not None else None
+    stop_at = stop_layer(hook_name) if hook_name is not None else None
     # Nothing after the hook's block changes the SAE's activations, so the rest of the model is skipped.
-    stop = {"stop_at_layer": layer + 1} if layer is not None else {"return_type": None}
+    stop = {"stop_at_layer": stop_at} if stop_at is not None else {"return_type": None}
     with torch.no_grad(), model.saes([sae], use_error_term=False):
         model.run_with_hooks(images, fwd_hooks=[(f"{hook_name}.hook_sae_acts_post", capture)], **stop)
     positions = captured["positions"]
@@ -105,11 +106,12 @@ def patch_maps(
     """
     if positions is None:
         return None
-    is_patch = positions >= n_prefix_tokens
+    layout = TokenLayout(n_prefix_tokens)
+    is_patch = layout.is_patch(positions)
     if not bool(is_patch.any()):
         return None
     n_patches = grid_size[0] * grid_size[1]
-    patch_index = positions[is_patch] - n_prefix_tokens
+    patch_index = layout.patch_index(positions[is_patch])
     if int(patch_index.max()) >= n_patches:
         raise InputShapeError(
             f"the SAE read patch position {int(patch_index.max())} but a {grid_size[0]}x{grid_size[1]} grid has "

@@ -13,8 +13,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from vit_sae_hooks.errors import ConfigError, DataError, InputShapeError
 from vit_sae_hooks.data.batches import image_batches, limited_batches
+from vit_sae_hooks.errors import ConfigError, DataError, InputShapeError
 from vit_sae_hooks.viz.heatmap import FeatureSpec, feature_ids, patch_grid_size, patch_maps, token_activations
 
 if TYPE_CHECKING:

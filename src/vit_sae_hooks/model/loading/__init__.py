@@ -8,9 +8,10 @@ from pathlib import Path
 from torch import Tensor
 
 from vit_sae_hooks.errors import CheckpointFormatError
+from vit_sae_hooks.files import read_json
 from vit_sae_hooks.hub import resolve_local_or_hub
 from vit_sae_hooks.model.config import HookedViTConfig
-from vit_sae_hooks.model.loading.convert import load_tensors, read_json
+from vit_sae_hooks.model.loading.convert import load_tensors
 from vit_sae_hooks.model.loading.hf import HF_WEIGHT_FILES, SUPPORTED_MODEL_TYPES, load_hf
 from vit_sae_hooks.model.loading.open_clip import OPEN_CLIP_WEIGHT_FILES, load_open_clip
 from vit_sae_hooks.model.loading.timm import TIMM_WEIGHT_FILES, load_timm
@@ -61,7 +62,7 @@ def _fetch(name_or_path: str | os.PathLike, revision: str | None, cache_dir: str
         "timm": list(TIMM_WEIGHT_FILES),
     }[fmt]
     # Prefer safetensors; fall back to pickles (read with weights_only=True) only when absent.
-    safetensors = [w for w in weights if w.endswith(".safetensors") or w.endswith(".safetensors.index.json")]
+    safetensors = [w for w in weights if w.endswith((".safetensors", ".safetensors.index.json"))]
     folder = resolve_local_or_hub(name_or_path, ["*.json", *safetensors], revision=revision, cache_dir=cache_dir)
     if not any((folder / w).exists() for w in safetensors):
         folder = resolve_local_or_hub(name_or_path, ["*.json", *weights], revision=revision, cache_dir=cache_dir)
@@ -70,16 +71,19 @@ def _fetch(name_or_path: str | os.PathLike, revision: str | None, cache_dir: str
 
 def load_checkpoint(
     name_or_path: str | os.PathLike, revision: str | None = None, cache_dir: str | os.PathLike | None = None
-) -> tuple[HookedViTConfig, dict[str, Tensor]]:
-    """Resolve ``name_or_path``, detect its format and return the HookedViT config and state dict."""
+) -> tuple[HookedViTConfig, dict[str, Tensor], str]:
+    """Resolve ``name_or_path``, detect its format and return the HookedViT config, state dict, and the
+    checkpoint's folder (for error messages)."""
     folder, fmt, config = _fetch(name_or_path, revision, cache_dir)
+    origin = str(folder)
     if fmt == "native":
-        cfg = HookedViTConfig.from_dict(config)
-        return cfg, load_tensors(folder, ["model.safetensors"]).tensors
+        cfg = HookedViTConfig.from_dict(config, source=folder / NATIVE_CONFIG)
+        source = load_tensors(folder, ["model.safetensors"])
+        return cfg, source.tensors, source.origin
     if fmt == "open_clip":
         if not Path(name_or_path).expanduser().exists():
             config = {**config, "hub_id": str(name_or_path)}
-        return load_open_clip(folder, config)
+        return (*load_open_clip(folder, config), origin)
     if fmt == "timm":
-        return load_timm(folder, config)
-    return load_hf(folder, config)
+        return (*load_timm(folder, config), origin)
+    return (*load_hf(folder, config), origin)

@@ -6,7 +6,6 @@ Every format module maps its own key names to the neutral :class:`BlockWeights` 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from torch import Tensor
 
 from vit_sae_hooks.errors import CheckpointFormatError
+from vit_sae_hooks.files import read_json
 from vit_sae_hooks.model.config import HookedViTConfig
 
 
@@ -51,14 +51,6 @@ class TensorSource:
         return count
 
 
-def read_json(path: Path) -> dict:
-    """Parse a JSON file, raising :class:`CheckpointFormatError` that names the file on failure."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointFormatError(f"cannot read {path}: {error}") from error
-
-
 def load_tensors(folder: Path, candidates: Iterable[str], keep: Callable[[str], bool] = lambda key: True) -> TensorSource:
     """Read the first existing weight file among ``candidates`` (safetensors, sharded index, or a
     ``weights_only`` torch pickle), keeping only keys for which ``keep`` is true."""
@@ -89,7 +81,7 @@ def load_tensors(folder: Path, candidates: Iterable[str], keep: Callable[[str], 
                     tensors.update({k: v for k, v in state.items() if keep(k) and isinstance(v, Tensor)})
             except CheckpointFormatError:
                 raise
-            except Exception as error:  # noqa: BLE001 - corrupt files surface as one clear error
+            except Exception as error:
                 raise CheckpointFormatError(
                     f"cannot read weights from {file}: {type(error).__name__}: {error}. The file is "
                     "corrupt, truncated or not a weight file; download it again."
@@ -130,7 +122,7 @@ def split_fused(weight: Tensor, bias: Tensor | None, parts: int = 3) -> list[tup
     """Split a fused projection (``in_proj_weight`` / timm ``qkv``) into ``parts`` equal chunks."""
     weights = weight.chunk(parts, dim=0)
     biases = bias.chunk(parts, dim=0) if bias is not None else [None] * parts
-    return list(zip(weights, biases))
+    return list(zip(weights, biases, strict=True))
 
 
 def fused_qkv_block(
@@ -243,11 +235,31 @@ def assemble_state_dict(
     return {name: tensor.contiguous() for name, tensor in state.items()}
 
 
-def check_expected_keys(model_keys: Iterable[str], state: dict[str, Tensor], origin: str) -> None:
-    """Raise a :class:`CheckpointFormatError` if the converted state misses or adds parameters."""
-    expected, found = set(model_keys), set(state)
-    if expected != found:
+def check_state_dict(expected: dict[str, Tensor], state: dict[str, Tensor], origin: str) -> None:
+    """Raise a :class:`CheckpointFormatError` naming ``origin`` and the keys unless ``state`` has exactly the
+    parameters of ``expected`` with their shapes, as finite floating-point tensors.
+
+    Every problem is reported at once; nothing is loaded when there is one.
+
+    Example:
+        >>> check_state_dict(model.state_dict(), state, "my_model/model.safetensors")
+    """
+    problems = []
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing:
+        problems.append(f"missing parameters {missing[:8]}")
+    if unexpected:
+        problems.append(f"unexpected parameters {unexpected[:8]}")
+    for name in sorted(set(expected) & set(state)):
+        tensor, wanted = state[name], expected[name]
+        if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
+            problems.append(f"{name!r} is {getattr(tensor, 'dtype', type(tensor).__name__)}, not a floating-point tensor")
+        elif tuple(tensor.shape) != tuple(wanted.shape):
+            problems.append(f"{name!r} has shape {list(tensor.shape)}, the config needs {list(wanted.shape)}")
+        elif not bool(torch.isfinite(tensor).all()):
+            problems.append(f"{name!r} holds NaN or infinite values")
+    if problems:
         raise CheckpointFormatError(
-            f"converting {origin} gave missing parameters {sorted(expected - found)[:8]} and unexpected "
-            f"parameters {sorted(found - expected)[:8]}; the checkpoint does not match its config"
+            f"{origin} does not match its config: " + "; ".join(problems[:8]) + ". The checkpoint is damaged or "
+            "its config belongs to other weights; download it again."
         )

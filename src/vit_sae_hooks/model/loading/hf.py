@@ -53,8 +53,25 @@ def _vision_prefix(source: TensorSource, family: str) -> str:
     return (vision or matches)[0]
 
 
-def _eps_and_act(vision: dict, default_act: str, default_eps: float) -> tuple[str, float]:
-    return vision.get("hidden_act", default_act), float(vision.get("layer_norm_eps", default_eps))
+def _vision_config(
+    vision: dict, *, n_layers: int, default_act: str, default_eps: float, default_patch: int, name: str,
+    architecture: str, d_mlp: int | None = None, **family: object,
+) -> HookedViTConfig:
+    """The HookedViTConfig of an HF vision tower: the fields every family reads the same way, plus ``family``'s own."""
+    return HookedViTConfig(
+        n_layers=n_layers,
+        d_model=vision["hidden_size"],
+        n_heads=vision["num_attention_heads"],
+        d_mlp=vision["intermediate_size"] if d_mlp is None else d_mlp,
+        image_size=vision.get("image_size", 224),
+        patch_size=vision.get("patch_size", default_patch),
+        n_channels=vision.get("num_channels", 3),
+        act_fn=vision.get("hidden_act", default_act),
+        eps=float(vision.get("layer_norm_eps", default_eps)),
+        model_name=name,
+        original_architecture=architecture,
+        **family,
+    )
 
 
 def load_hf(folder: Path, config: dict) -> tuple[HookedViTConfig, dict[str, Tensor]]:
@@ -88,28 +105,16 @@ def _attention_block(source: TensorSource, p: str, attn: str, names: dict[str, s
 
 
 def _load_clip(source, prefix, vision, config, architecture, name):
-    act, eps = _eps_and_act(vision, "quick_gelu", 1e-5)
-    image_size, patch_size = vision.get("image_size", 224), vision.get("patch_size", 32)
     projection = source.optional("visual_projection.weight")
-    d_model = vision["hidden_size"]
     n_layers = source.count_indexed(f"{prefix}encoder.layers.")
-    cfg = HookedViTConfig(
-        n_layers=n_layers,
-        d_model=d_model,
-        n_heads=vision["num_attention_heads"],
-        d_mlp=vision["intermediate_size"],
-        image_size=image_size,
-        patch_size=patch_size,
-        n_channels=vision.get("num_channels", 3),
-        act_fn=act,
-        eps=eps,
+    cfg = _vision_config(
+        vision, n_layers=n_layers, default_act="quick_gelu", default_eps=1e-5, default_patch=32, name=name,
+        architecture=architecture,
         ln_pre=True,
         patch_bias=False,
         pool_type="cls",
         head_type="linear" if projection is not None else "none",
         d_output=projection.shape[0] if projection is not None else None,
-        model_name=name,
-        original_architecture=architecture,
     )
     blocks = []
     for layer in range(n_layers):
@@ -147,38 +152,23 @@ def _clip_style_block(source: TensorSource, p: str) -> BlockWeights:
 
 
 def _load_siglip(source, prefix, vision, architecture, name):
-    act, eps = _eps_and_act(vision, "gelu_pytorch_tanh", 1e-6)
     n_layers = source.count_indexed(f"{prefix}encoder.layers.")
     use_head = vision.get("vision_use_head", True) and f"{prefix}head.probe" in source
     patch_bias = source.optional(f"{prefix}embeddings.patch_embedding.bias")
-    cfg = HookedViTConfig(
-        n_layers=n_layers,
-        d_model=vision["hidden_size"],
-        n_heads=vision["num_attention_heads"],
-        d_mlp=vision["intermediate_size"],
-        image_size=vision.get("image_size", 224),
-        patch_size=vision.get("patch_size", 16),
-        n_channels=vision.get("num_channels", 3),
-        act_fn=act,
-        eps=eps,
+    cfg = _vision_config(
+        vision, n_layers=n_layers, default_act="gelu_pytorch_tanh", default_eps=1e-6, default_patch=16, name=name,
+        architecture=architecture,
         patch_bias=patch_bias is not None,
         has_cls_token=False,
         pos_embed_prefix=0,
         # Without its attention-pooling head a SigLIP tower has no pooled output; the patch mean stands in.
         pool_type="map" if use_head else "mean",
-        model_name=name,
-        original_architecture=architecture,
     )
     blocks = [_clip_style_block(source, f"{prefix}encoder.layers.{layer}.") for layer in range(n_layers)]
     map_pool = None
     if use_head:
         h = f"{prefix}head."
-        q, k, v = (
-            (w, b)
-            for w, b in zip(
-                source.get(f"{h}attention.in_proj_weight").chunk(3), source.get(f"{h}attention.in_proj_bias").chunk(3)
-            )
-        )
+        q, k, v = split_fused(source.get(f"{h}attention.in_proj_weight"), source.get(f"{h}attention.in_proj_bias"))
         head_block = BlockWeights(
             ln1_w=source.get(f"{h}layernorm.weight"),
             ln1_b=source.get(f"{h}layernorm.bias"),
@@ -211,7 +201,6 @@ def _load_siglip(source, prefix, vision, architecture, name):
 def _load_vit_like(source, prefix, vision, family, model_type, architecture, name):
     """HF ``ViTModel``/``ViTForImageClassification`` (DINO v1 too) and ``Dinov2Model`` (with registers)."""
     is_dinov2 = family == "dinov2"
-    act, eps = _eps_and_act(vision, "gelu", 1e-6 if is_dinov2 else 1e-12)
     n_layers = source.count_indexed(f"{prefix}encoder.layer.")
     swiglu = bool(vision.get("use_swiglu_ffn", False))
     d_mlp = _vit_like_mlp(source, f"{prefix}encoder.layer.0.", is_dinov2, swiglu)["fc1_w"].shape[0]
@@ -229,17 +218,10 @@ def _load_vit_like(source, prefix, vision, family, model_type, architecture, nam
         )
     elif pooler is not None:
         head_type, head_weight, head_bias = "linear_tanh", pooler, source.optional(f"{prefix}pooler.dense.bias")
-    cfg = HookedViTConfig(
-        n_layers=n_layers,
-        d_model=vision["hidden_size"],
-        n_heads=vision["num_attention_heads"],
-        d_mlp=d_mlp,
-        image_size=vision.get("image_size", 224),
-        patch_size=vision.get("patch_size", 16),
-        n_channels=vision.get("num_channels", 3),
-        act_fn=act,
+    cfg = _vision_config(
+        vision, n_layers=n_layers, default_act="gelu", default_eps=1e-6 if is_dinov2 else 1e-12, default_patch=16,
+        name=name, architecture=architecture, d_mlp=d_mlp,
         mlp_type="swiglu" if swiglu else "standard",
-        eps=eps,
         patch_bias=patch_bias is not None,
         n_register_tokens=0 if registers is None else registers.shape[-2],
         pos_embed_prefix=1,
@@ -249,8 +231,6 @@ def _load_vit_like(source, prefix, vision, family, model_type, architecture, nam
         pool_type="cls",
         head_type=head_type,
         d_output=None if head_weight is None else head_weight.shape[0],
-        model_name=name,
-        original_architecture=architecture,
     )
     blocks = []
     for layer in range(n_layers):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -10,8 +9,13 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from vit_sae_hooks.errors import CheckpointFormatError, ConfigError
+from vit_sae_hooks.errors import CheckpointFormatError
+from vit_sae_hooks.files import read_json
 from vit_sae_hooks.sae.config import SAEConfig
+from vit_sae_hooks.sae.registry import architecture_class
+
+__all__ = ["LoadedCheckpoint", "build_config", "checked_checkpoint", "has_files", "integer_entry", "read_json",
+           "read_safetensors", "require", "tensor_entry"]
 
 
 class LoadedCheckpoint(NamedTuple):
@@ -21,33 +25,13 @@ class LoadedCheckpoint(NamedTuple):
     state_dict: dict[str, Tensor]
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``; a missing, unparsable or non-object file is a :class:`CheckpointFormatError`."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as error:
-        raise CheckpointFormatError(f"{path} is missing; the checkpoint needs this config file next to its weights.") from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise CheckpointFormatError(f"{path} could not be read as UTF-8 text ({error}); download it again.") from error
-    try:
-        values = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise CheckpointFormatError(
-            f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
-            "the file is probably truncated or corrupt. Download it again."
-        ) from error
-    if not isinstance(values, dict):
-        raise CheckpointFormatError(f"{path} holds a JSON {type(values).__name__}, not the expected object of config keys.")
-    return values
-
-
 def read_safetensors(path: Path) -> dict[str, Tensor]:
     """All tensors in the safetensors file ``path``, on the CPU."""
     if not path.is_file():
         raise CheckpointFormatError(f"{path} is missing; the checkpoint needs this weights file next to its config.")
     try:
         return load_file(path, device="cpu")
-    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for damaged headers and data
+    except Exception as error:
         raise CheckpointFormatError(
             f"{path} is not a readable safetensors file ({type(error).__name__}: {error}); "
             "the file is probably truncated or corrupt. Download it again."
@@ -63,23 +47,17 @@ def require(values: dict[str, Any], key: str, path: Path) -> Any:
 
 def build_config(path: Path, **fields: Any) -> SAEConfig:
     """An :class:`SAEConfig` from values read out of ``path``, with invalid values reported against the file."""
-    try:
-        return SAEConfig(**fields)
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from error
+    return SAEConfig.from_dict(fields, source=path)
 
 
-def expected_shapes(config: SAEConfig) -> dict[str, tuple[int, ...]]:
-    """The parameter names and shapes an SAE with ``config`` has."""
-    shapes = {
-        "W_enc": (config.d_in, config.d_sae),
-        "b_enc": (config.d_sae,),
-        "W_dec": (config.d_sae, config.d_in),
-        "b_dec": (config.d_in,),
-    }
-    if config.architecture == "jumprelu":
-        shapes["threshold"] = (config.d_sae,)
-    return shapes
+def has_files(folder: Path, *names: str) -> bool:
+    """Whether every one of ``names`` is a file in ``folder`` (how a layout recognises its checkpoints).
+
+    Example:
+        >>> has_files(Path("my_sae"), "cfg.json", "sae_weights.safetensors")
+        True
+    """
+    return all((folder / name).is_file() for name in names)
 
 
 def checked_checkpoint(config: SAEConfig, tensors: dict[str, Any], source: Path | str) -> LoadedCheckpoint:
@@ -88,7 +66,7 @@ def checked_checkpoint(config: SAEConfig, tensors: dict[str, Any], source: Path 
     Missing, unexpected and wrongly shaped parameters are all reported at once, so the error says
     everything that is wrong with the file (and nothing is loaded).
     """
-    shapes = expected_shapes(config)
+    shapes = architecture_class(config.architecture).parameter_shapes(config)
     problems = []
     missing = sorted(set(shapes) - set(tensors))
     if missing:
@@ -107,6 +85,8 @@ def checked_checkpoint(config: SAEConfig, tensors: dict[str, Any], source: Path 
                 f"{name} has shape {list(tensor.shape)} but the config (d_in={config.d_in}, "
                 f"d_sae={config.d_sae}) needs {list(shape)}"
             )
+        elif not bool(torch.isfinite(tensor).all()):
+            problems.append(f"{name} holds NaN or infinite values")
     if problems:
         raise CheckpointFormatError(
             f"{source} does not hold a valid SAE: " + "; ".join(problems) + ". "

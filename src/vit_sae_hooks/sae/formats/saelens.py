@@ -26,10 +26,12 @@ from vit_sae_hooks.sae.formats._io import (
     LoadedCheckpoint,
     build_config,
     checked_checkpoint,
+    has_files,
     integer_entry,
     read_json,
     read_safetensors,
 )
+from vit_sae_hooks.sae.registry import all_architecture_classes, architecture_class
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +41,6 @@ EXTENSION_KEY = "vit_sae_hooks"
 # The SAELens release whose config layout `write` produces (metadata block, `architecture` key).
 WRITTEN_SAELENS_LAYOUT = "6.0.0"
 
-_UNSUPPORTED_ARCHITECTURES = ("gated", "batchtopk", "matryoshka_batchtopk", "transcoder", "skip_transcoder")
-
-
 def matches(folder: Path) -> bool:
     """Whether ``folder`` holds a SAELens-layout SAE.
 
@@ -49,7 +48,7 @@ def matches(folder: Path) -> bool:
         >>> matches(Path("tests/fixtures/saelens_topk"))
         True
     """
-    return (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+    return has_files(folder, CONFIG_FILE, WEIGHTS_FILE)
 
 
 def read(folder: Path) -> LoadedCheckpoint:
@@ -66,7 +65,8 @@ def read(folder: Path) -> LoadedCheckpoint:
         raise CheckpointFormatError(f"{config_path}: 'metadata' is {metadata!r}, expected an object.")
     extension = metadata.get(EXTENSION_KEY) or {}
 
-    architecture, k = _architecture(values, config_path)
+    architecture = _architecture(values, config_path)
+    own = architecture_class(architecture)
     if values.get("reshape_activations", "none") not in ("none", None) or values.get("hook_head_index") is not None:
         raise ConfigError(
             f"{config_path}: per-head (hook_z) SAEs are not supported by vit_sae_hooks; "
@@ -78,7 +78,7 @@ def read(folder: Path) -> LoadedCheckpoint:
         d_in=integer_entry(values, "d_in", config_path),
         d_sae=integer_entry(values, "d_sae", config_path),
         architecture=architecture,
-        k=k,
+        **own.read_saelens_fields(values, config_path),
         topk_apply_relu=bool(extension.get("topk_apply_relu", True)),
         apply_b_dec_to_input=bool(values.get("apply_b_dec_to_input", True)),
         normalize_activations=normalization,
@@ -88,9 +88,7 @@ def read(folder: Path) -> LoadedCheckpoint:
         model_name=metadata.get("model_name") or values.get("model_name"),
         dtype=str(values.get("dtype") or "float32"),
     )
-    tensors = _fold_legacy_parameters(values, tensors, config_path)
-    if architecture == "topk" and values.get("rescale_acts_by_decoder_norm", False):
-        tensors = _fold_decoder_norm(tensors)
+    tensors = own.fold_saelens_weights(values, _fold_legacy_scaling(values, tensors, config_path), config_path)
     return checked_checkpoint(config, tensors, folder / WEIGHTS_FILE)
 
 
@@ -112,8 +110,9 @@ def write(config: SAEConfig, state_dict: dict[str, Tensor], folder: Path) -> Non
         )
         extension["scaling_factor"] = config.scaling_factor
         normalization = "expected_average_only_in"
+    own = architecture_class(config.architecture)
     values: dict[str, Any] = {
-        "architecture": config.architecture,
+        "architecture": own.saelens_architecture,
         "d_in": config.d_in,
         "d_sae": config.d_sae,
         "dtype": config.dtype,
@@ -128,40 +127,29 @@ def write(config: SAEConfig, state_dict: dict[str, Tensor], folder: Path) -> Non
             EXTENSION_KEY: extension,
         },
     }
-    if config.architecture == "topk":
-        values["k"] = config.k
-        values["rescale_acts_by_decoder_norm"] = False
+    values.update(own.saelens_fields(config))
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state_dict.items()}
     save_file(tensors, folder / WEIGHTS_FILE)
     (folder / CONFIG_FILE).write_text(json.dumps(values, indent=2) + "\n", encoding="utf-8")
 
 
-def _architecture(values: dict[str, Any], path: Path) -> tuple[str, int | None]:
+def _architecture(values: dict[str, Any], path: Path) -> str:
+    """This library's architecture name for a SAELens ``cfg.json``."""
     architecture = values.get("architecture", "standard")
     # Before SAELens 6 a TopK SAE was architecture "standard" with activation_fn_str "topk".
     activation = values.get("activation_fn") or values.get("activation_fn_str") or "relu"
-    if architecture in _UNSUPPORTED_ARCHITECTURES:
+    if architecture == "standard" and activation == "topk":
+        return "topk"
+    if architecture == "standard" and activation != "relu":
         raise ConfigError(
-            f"{path}: SAELens architecture {architecture!r} is not supported; vit_sae_hooks loads "
-            "'standard', 'topk' and 'jumprelu' SAEs."
+            f"{path}: activation function {activation!r} is not supported for standard SAEs; "
+            "vit_sae_hooks implements 'relu' and 'topk'."
         )
-    if architecture == "topk" or (architecture == "standard" and activation == "topk"):
-        k = values.get("k")
-        if k is None:
-            k = (values.get("activation_fn_kwargs") or {}).get("k")
-        if k is None:
-            raise CheckpointFormatError(f"{path}: a topk SAE needs 'k' (or activation_fn_kwargs.k); none found.")
-        return "topk", k
-    if architecture in ("standard", "jumprelu"):
-        if architecture == "standard" and activation != "relu":
-            raise ConfigError(
-                f"{path}: activation function {activation!r} is not supported for standard SAEs; "
-                "vit_sae_hooks implements 'relu' and 'topk'."
-            )
-        return architecture, None
-    raise ConfigError(
-        f"{path}: unknown SAE architecture {architecture!r}; vit_sae_hooks loads 'standard', 'topk' and 'jumprelu'."
-    )
+    for candidate in all_architecture_classes():
+        if candidate.saelens_architecture == architecture:
+            return candidate.architecture
+    supported = sorted(candidate.saelens_architecture for candidate in all_architecture_classes())
+    raise ConfigError(f"{path}: architecture {architecture!r} is not supported; vit_sae_hooks loads {supported}.")
 
 
 def _normalization(value: Any, extension: dict[str, Any], path: Path) -> str:
@@ -178,12 +166,13 @@ def _normalization(value: Any, extension: dict[str, Any], path: Path) -> str:
     )
 
 
-def _fold_legacy_parameters(values: dict[str, Any], tensors: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
+def _fold_legacy_scaling(values: dict[str, Any], tensors: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
+    scaling = tensors.get("scaling_factor")
+    if scaling is None:
+        return tensors
     tensors = dict(tensors)
-    if "log_threshold" in tensors:
-        tensors["threshold"] = tensors.pop("log_threshold").exp()
-    scaling = tensors.pop("scaling_factor", None)
-    if scaling is not None and values.get("finetuning_scaling_factor", False):
+    del tensors["scaling_factor"]
+    if values.get("finetuning_scaling_factor", False):
         # Old SAELens multiplied the feature activations by this before decoding: the same as scaling W_dec rows.
         if "W_dec" not in tensors or scaling.shape != tensors["W_dec"].shape[:1]:
             raise CheckpointFormatError(
@@ -191,17 +180,3 @@ def _fold_legacy_parameters(values: dict[str, Any], tensors: dict[str, Tensor], 
             )
         tensors["W_dec"] = tensors["W_dec"] * scaling.to(tensors["W_dec"].dtype)[:, None]
     return tensors
-
-
-def _fold_decoder_norm(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    # SAELens ranks pre-activations scaled by each latent's decoder norm and divides them out before decoding;
-    # scaling the encoder and unit-normalising the decoder computes the same thing with plain weights.
-    tensors = dict(tensors)
-    if "W_dec" not in tensors or "W_enc" not in tensors or "b_enc" not in tensors:
-        return tensors
-    norms = tensors["W_dec"].norm(dim=-1)
-    tensors["W_enc"] = tensors["W_enc"] * norms
-    tensors["b_enc"] = tensors["b_enc"] * norms
-    tensors["W_dec"] = tensors["W_dec"] / norms[:, None]
-    return tensors
-

@@ -17,6 +17,7 @@ from vit_sae_hooks.sae.formats._io import (
     LoadedCheckpoint,
     build_config,
     checked_checkpoint,
+    has_files,
     integer_entry,
     read_json,
     read_safetensors,
@@ -37,7 +38,7 @@ def matches(folder: Path) -> bool:
         >>> matches(Path("tests/fixtures/sparsify_topk/layers.3"))
         True
     """
-    return (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+    return has_files(folder, CONFIG_FILE, WEIGHTS_FILE)
 
 
 def hook_name_for(hookpoint: str) -> str:

@@ -1,0 +1,152 @@
+"""End to end on a tiny random HF CLIP: image folder → preprocessing → HookedViT → SAE → zero-shot head → metrics,
+checked against transformers' own CLIPModel; then the same through ``vit-sae eval``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vit_sae_hooks import SAE, HookedViT, SAEConfig
+from vit_sae_hooks.cli import main
+from vit_sae_hooks.data import ImageFolder, preprocess_for
+from vit_sae_hooks.errors import CheckpointFormatError, ConfigError
+from vit_sae_hooks.evals import ZeroShotHead, build_zero_shot_head, evaluate
+
+Image = pytest.importorskip("PIL.Image")
+transformers = pytest.importorskip("transformers")
+
+CLASSES = ["cat", "dog", "eel"]
+HOOK = "blocks.1.hook_resid_post"
+
+
+def byte_level_vocab() -> dict[str, int]:
+    """CLIP's byte-to-unicode alphabet (each byte, alone and word-final) plus the two special tokens: no merges needed."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    remaining = [b for b in range(256) if b not in printable]
+    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(remaining))]
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A random CLIPModel with tokenizer and image processor saved as a hub checkpoint would be."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    vocab = byte_level_vocab()
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    end = vocab["<|endoftext|>"]
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=40, eos_token_id=end,
+                         bos_token_id=vocab["<|startoftext|>"], pad_token_id=end),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(CLASSES):
+        (root / name).mkdir()
+        for index in range(3):
+            size = (40 + 8 * index, 36 + 4 * label)
+            Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(root / name / f"{index}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def sae_folder(tmp_path_factory):
+    torch.manual_seed(1)
+    sae = SAE(SAEConfig(d_in=32, d_sae=128, hook_name=HOOK, token_set="all"))
+    return sae.save(tmp_path_factory.mktemp("sae") / "sae")
+
+
+def test_zero_shot_head_equals_clip_text_tower_and_round_trips(tiny_clip, tmp_path):
+    from transformers import CLIPModel, CLIPTokenizer
+
+    head = build_zero_shot_head(tiny_clip, CLASSES, templates=["a photo of a {}.", "art of the {}."], progress=False)
+    clip = CLIPModel.from_pretrained(tiny_clip).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_clip)
+    with torch.no_grad():
+        expected = []
+        for name in CLASSES:
+            tokens = tokenizer([f"a photo of a {name}.", f"art of the {name}."], padding=True, return_tensors="pt")
+            prompts = F.normalize(clip.get_text_features(**tokens).pooler_output, dim=-1)
+            expected.append(F.normalize(prompts.mean(0), dim=-1))
+    torch.testing.assert_close(head.text_embeddings, torch.stack(expected), atol=1e-5, rtol=0)
+    assert head.logit_scale == pytest.approx(clip.logit_scale.exp().item())
+    loaded = ZeroShotHead.load(head.save(tmp_path / "head.safetensors"))
+    torch.testing.assert_close(loaded.text_embeddings, head.text_embeddings, atol=0, rtol=0)
+    assert loaded.class_names == CLASSES and loaded.metadata["templates"] == ["a photo of a {}.", "art of the {}."]
+    image_embeddings = torch.randn(2, 16)
+    assert torch.allclose(ZeroShotHead.load(tmp_path / "head.safetensors", use_logit_scale=True)(image_embeddings),
+                          loaded(image_embeddings) * head.logit_scale)
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(CheckpointFormatError, match="not a zero-shot head file"):
+        ZeroShotHead.load(tmp_path / "junk.safetensors")
+    with pytest.raises(ConfigError, match="does not exist"):
+        ZeroShotHead.load(tmp_path / "missing.safetensors")
+
+
+def test_evaluate_on_tiny_clip_matches_transformers(tiny_clip, image_folder, sae_folder):
+    from transformers import CLIPModel
+
+    model = HookedViT.from_pretrained(tiny_clip)
+    sae = SAE.load(sae_folder)
+    head = build_zero_shot_head(tiny_clip, CLASSES, templates="photo", progress=False)
+    result = evaluate(model, sae, image_folder, head=head, batch_size=4, num_workers=0, progress=False)
+    assert result.n_images == 9 and result.n_tokens == 9 * 17
+
+    dataset = ImageFolder(image_folder, transform=preprocess_for(tiny_clip))
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    labels = torch.tensor(dataset.labels)
+    clip = CLIPModel.from_pretrained(tiny_clip).eval()
+    with torch.no_grad():
+        embeddings = clip.get_image_features(pixel_values=images)
+        embeddings = embeddings if isinstance(embeddings, torch.Tensor) else embeddings.pooler_output
+        logits = F.normalize(embeddings, dim=-1) @ head.text_embeddings.T
+    # No logit scale: cross-entropies stay near ln(3), as the published ones stay near ln(1000).
+    assert result.ce == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-4)
+    assert abs(result.ce - np.log(3)) < 0.2
+    assert 0 < result.alive_features_pct <= 100 and result.avg_cls_l0 is not None
+    limited = evaluate(model, sae, image_folder, head=head, limit=4, num_workers=0, progress=False)
+    assert limited.n_images == 4
+
+
+def test_cli_eval_prints_the_row_and_writes_json(tiny_clip, image_folder, sae_folder, tmp_path, capsys):
+    head_file = tmp_path / "head.safetensors"
+    out = tmp_path / "result.json"
+    argv = ["eval", "--model", str(tiny_clip), "--sae", str(sae_folder), "--images", str(image_folder),
+            "--head", f"zero-shot:{head_file}", "--build-head", "--classes", "folder", "--templates", "photo",
+            "--batch-size", "4",
+            "--num-workers", "0", "--limit", "6", "--json", str(out), "--compare-published", "--quiet"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("| SAE | Hook | Tokens | % Explained var. | Avg L0 | Avg CLS L0 | Cos sim |")
+    assert len(lines) == 3 and lines[2].startswith(f"| {sae_folder} | {HOOK} | all |")
+    record = json.loads(out.read_text())
+    assert record["n_images"] == 6 and record["metrics"]["ce"] is not None and "published" not in record
+    assert head_file.exists()
+
+    assert main([*argv[:2], str(tiny_clip), "--sweep", "--images", str(image_folder), "--quiet"]) == 2
+    assert "no SAEs for model" in capsys.readouterr().err
+    missing = ["eval", "--model", str(tiny_clip), "--sae", str(sae_folder), "--images", str(tmp_path / "nothing")]
+    assert main(missing) == 2
+    assert "does not exist" in capsys.readouterr().err
