@@ -50,27 +50,38 @@ def check_token_set(name: Any, what: str = "token set") -> str:
     return name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TokenLayout:
     """Where the CLS, register and patch tokens sit in a model's sequence.
 
+    ``grid`` is the patch grid (rows, columns) of the images in the current forward pass, when known. A padded
+    batch of images of different sizes (SigLIP 2's NaFlex inputs) has ``grids [batch, 2]`` instead and
+    ``valid [batch, pos]``, False on padding: padding tokens belong to no token set.
+
     Example:
-        >>> TokenLayout.of(model.cfg)  # DINOv2 with 4 registers
-        TokenLayout(n_prefix_tokens=5, has_cls_token=True)
+        >>> TokenLayout.of(model.cfg)  # DINOv2 with 4 registers, 224 x 224 images
+        TokenLayout(n_prefix_tokens=5, has_cls_token=True, grid=(16, 16))
     """
 
     n_prefix_tokens: int
     has_cls_token: bool = True
+    grid: tuple[int, int] | None = None
+    grids: Int[Tensor, "batch 2"] | None = None
+    valid: Bool[Tensor, "batch pos"] | None = None
 
     @classmethod
-    def of(cls, cfg: Any) -> TokenLayout:
-        """The layout of a :class:`~vit_sae_hooks.HookedViTConfig` (or anything with the same two fields).
+    def of(cls, cfg: Any, grid: tuple[int, int] | None = None) -> TokenLayout:
+        """The layout of a :class:`~vit_sae_hooks.HookedViTConfig` for images cut into ``grid`` patches
+        (default: the checkpoint's native grid).
 
         Example:
             >>> TokenLayout.of(model.cfg).n_prefix_tokens
             1
         """
-        return cls(n_prefix_tokens=int(cfg.n_prefix_tokens), has_cls_token=bool(cfg.has_cls_token))
+        native = tuple(cfg.grid_size) if hasattr(cfg, "grid_size") else None
+        return cls(
+            n_prefix_tokens=int(cfg.n_prefix_tokens), has_cls_token=bool(cfg.has_cls_token), grid=grid or native
+        )
 
     def is_patch(self, positions: Int[Tensor, "*shape"]) -> Bool[Tensor, "*shape"]:
         """Which of ``positions`` are patch tokens (not CLS, not registers).
@@ -111,11 +122,19 @@ class TokenSelection:
     def resolve(cls, tokens: TokenSpec, n_pos: int, layout: TokenLayout) -> TokenSelection:
         """Check ``tokens`` against a sequence of ``n_pos`` tokens laid out as ``layout``.
 
+        Padding tokens (``layout.valid``) are left out of every selection, which makes it per image.
+
         Example:
             >>> TokenSelection.resolve([0, -1], 50, TokenLayout(1)).positions
             tensor([ 0, 49])
         """
-        return cls(tokens, n_pos, _resolve(tokens, n_pos, layout))
+        selection = cls(tokens, n_pos, _resolve(tokens, n_pos, layout))
+        if layout.valid is None:
+            return selection
+        if layout.valid.shape[-1] != n_pos:
+            raise InputShapeError(f"the padding mask covers {layout.valid.shape[-1]} tokens, the sequence has {n_pos}")
+        valid = layout.valid.cpu()
+        return cls(tokens, n_pos, selection.mask(valid.shape[0]) & valid)
 
     @property
     def per_image(self) -> bool:

@@ -15,18 +15,25 @@ FIXTURES = ROOT / "tests" / "fixtures"
 DOCS = ROOT / "docs"
 
 
-def randomise_layer_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give every LayerNorm random weights and biases: the defaults (1, 0) hide conversion mistakes."""
+def randomise_defaults(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Replace every parameter value a fresh model shares with many others: norm weights (1) and biases (0),
+    layer scales (a constant), zero-initialised tokens, position and time embeddings, and zero biases.
+
+    Those defaults hide conversion mistakes (a swapped weight and bias, a missing layer scale). Linear and
+    convolution weights keep their random initialisation, so activations stay of moderate size.
+    """
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, torch.nn.LayerNorm):
-                module.weight.copy_(1 + 0.5 * torch.randn(module.weight.shape, generator=generator))
-                module.bias.copy_(0.5 * torch.randn(module.bias.shape, generator=generator))
+            norm = "norm" in type(module).__name__.lower()
             for name, param in module.named_parameters(recurse=False):
-                # Layer-scale vectors default to a constant; randomise them too.
-                if name == "lambda1" or name == "gamma":
-                    param.copy_(0.5 + torch.rand(param.shape, generator=generator))
+                noise = torch.randn(param.shape, generator=generator, dtype=torch.float32).to(param.dtype)
+                if norm and name == "weight":
+                    param.copy_(1 + 0.5 * noise)
+                elif name in ("lambda1", "gamma"):
+                    param.copy_(0.5 + noise.abs() * 0.5)
+                elif name == "bias" or bool((param == 0).all()) or bool((param == param.flatten()[0]).all()):
+                    param.copy_(0.3 * noise)
     return model
 
 

@@ -8,7 +8,7 @@ import transformers
 
 from vit_sae_hooks import HookedViT
 
-from helpers import randomise_layer_norms
+from helpers import randomise_defaults
 
 TOLERANCE = 1e-4
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=8)
@@ -85,7 +85,7 @@ def saved_models(tmp_path_factory):
     saved = {}
     for index, (name, (build, _)) in enumerate(FAMILIES.items()):
         torch.manual_seed(index)
-        model = randomise_layer_norms(build(), seed=index).eval()
+        model = randomise_defaults(build(), seed=index).eval()
         folder = tmp_path_factory.mktemp(name)
         model.save_pretrained(folder)
         saved[name] = (model, folder)

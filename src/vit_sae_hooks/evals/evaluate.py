@@ -25,7 +25,7 @@ from vit_sae_hooks.evals.heads import head_for
 from vit_sae_hooks.evals.metrics import DownstreamStats, ReconstructionStats
 from vit_sae_hooks.hook_names import block_input, hook_layer, stop_layer
 from vit_sae_hooks.model.splice import sae_reads_heads
-from vit_sae_hooks.tokens import TokenLayout, TokenSelection, TokenSpec
+from vit_sae_hooks.tokens import TokenSelection, TokenSpec
 
 if TYPE_CHECKING:
     from vit_sae_hooks.model import HookedViT
@@ -176,7 +176,8 @@ class _HookRows:
             self.selection = None
             return
         n_pos = activation.shape[1]
-        self.selection = TokenSelection.resolve(tokens, n_pos, TokenLayout.of(model.cfg))
+        # The layout of the forward pass that produced the activation (padding included).
+        self.selection = TokenSelection.resolve(tokens, n_pos, model.token_layout)
         if not self.selection.per_image and self.selection.positions.numel() == 0:
             raise ConfigError(f"tokens={tokens!r} selects no position of the {n_pos} at {hook_name!r}")
 
@@ -304,7 +305,7 @@ def evaluate(
                     images, names_filter=cached, return_cache_object=False, stop_at_layer=stop
                 )
                 activation = cache[hook_name]
-                if selection is None:
+                if selection is None or model.token_layout.valid is not None:
                     selection = _HookRows(model, sae, hook_name, activation, tokens)
                 x, is_cls, image_index = selection.rows(activation)
                 recon, fired = _encode(sae, x)

@@ -24,7 +24,7 @@ from torch import Tensor
 from vit_sae_hooks.errors import ConfigError, HookNameError, InputShapeError
 from vit_sae_hooks.experiments.interventions import ablate_features
 from vit_sae_hooks.hook_names import additive_boundary, block_input
-from vit_sae_hooks.tokens import TokenLayout, TokenSelection, TokenSpec
+from vit_sae_hooks.tokens import TokenSelection, TokenSpec
 
 Metric = Callable[[Tensor], Tensor]
 
@@ -287,7 +287,7 @@ def _fast_sweep(model, sae, images, features, metric, hook_name, tokens, boundar
     x = cache[hook_name] if hook_name in cache.cache_dict else base  # a resid_pre hook is the boundary itself
     batch, n_pos, _ = x.shape
     baseline = torch.as_tensor(metric(model(base, start_at_layer=start_layer))).reshape(())
-    selected = TokenSelection.resolve(tokens, n_pos, TokenLayout.of(model.cfg)).mask(batch, x.device)
+    selected = TokenSelection.resolve(tokens, n_pos, model.token_layout).mask(batch, x.device)
     # Every token is encoded (the SAE is per-token); only the selected ones are ablated.
     feature_ids = torch.tensor(features, device=x.device)
     acts = sae.encode(x)[..., feature_ids] * selected[..., None]  # [batch, pos, n_features]

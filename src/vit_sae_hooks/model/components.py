@@ -8,14 +8,29 @@ d_model]``, ``W_in [d_model, d_mlp]``) so TL's analysis code (``ActivationCache`
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from vit_sae_hooks._tl import HookPoint, has_hooks
 from vit_sae_hooks.model.config import HookedViTConfig
+from vit_sae_hooks.tokens import TokenLayout
+
+
+@dataclass
+class ForwardContext:
+    """What every block of one forward pass shares: the token layout, the rotary tables, the key mask.
+
+    ``rotary`` is ``(cos, sin)`` over the rotated tokens and dimensions (see :class:`Rotary`);
+    ``key_mask`` marks the tokens attention may read (``None``: all of them).
+    """
+
+    layout: TokenLayout
+    rotary: tuple[Tensor, Tensor] | None = None
+    key_mask: Bool[Tensor, "batch pos"] | None = None
 
 
 def activation(name: str, x: Tensor) -> Tensor:
@@ -55,6 +70,86 @@ class LayerNorm(nn.Module):
         return self.hook_normalized((x / scale).to(dtype) * self.w + self.b)
 
 
+class RMSNorm(nn.Module):
+    """RMSNorm (no centring, no bias) with the LayerNorm's hooks: ``hook_scale`` (the RMS) and ``hook_normalized``.
+
+    Computes in float32 whatever the input dtype, as AIMv2 does, and casts back before the weight.
+    """
+
+    def __init__(self, d_model: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.w = nn.Parameter(torch.ones(d_model))
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, d_model]
+
+    def forward(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
+        dtype = x.dtype
+        x = x.float()
+        if not has_hooks(self.hook_scale):
+            normed = F.rms_norm(x, x.shape[-1:], None, self.eps)
+        else:
+            normed = x / self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized(self.w * normed.to(dtype))
+
+
+def make_norm(cfg: HookedViTConfig, d_model: int, eps: float) -> LayerNorm | RMSNorm:
+    """The normalisation layer ``cfg.normalization_type`` asks for (LayerNorm or RMSNorm)."""
+    return RMSNorm(d_model, eps) if cfg.normalization_type == "RMS" else LayerNorm(d_model, eps)
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings of queries and keys, in the two conventions the supported families use.
+
+    - ``"dinov3"``: 2-D. Patch centres ``(y, x)`` in ``[-1, 1]``; ``inv_freq = base^-(4j/d_head)``; angles
+      ``2π · coordinate · inv_freq`` laid out ``[y | x | y | x]`` over ``d_head``; ``rotate_half``; prefix tokens
+      (CLS, registers) are not rotated.
+    - ``"vjepa2"``: 3-D. Each of (frame, row, column) rotates its own ``s = 2·⌊⌊d_head/3⌋/2⌋`` dimensions
+      (the rest are left alone) with ``ω_j = base^-(j/(s/2))`` tiled twice and pairs ``(x_{2i}, x_{2i+1})``
+      rotated together; a token's (frame, row, column) come from its flat index on the checkpoint's grid.
+    """
+
+    def __init__(self, cfg: HookedViTConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def tables(self, layout: TokenLayout, n_pos: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``(cos, sin)`` for the rotated tokens of a sequence of ``n_pos`` tokens, each ``[n_rotated, d_rotated]``."""
+        cfg = self.cfg
+        d_head = cfg.d_head
+        if cfg.rotary_style == "dinov3":
+            rows, columns = layout.grid
+            # In float32, like the reference implementation, whatever the model's dtype.
+            centre_rows = (torch.arange(rows, dtype=torch.float32, device=device) + 0.5) / rows * 2 - 1
+            centre_columns = (torch.arange(columns, dtype=torch.float32, device=device) + 0.5) / columns * 2 - 1
+            coords = torch.stack(torch.meshgrid(centre_rows, centre_columns, indexing="ij"), -1).flatten(0, 1)
+            inv_freq = 1 / cfg.rotary_base ** torch.arange(0, 1, 4 / d_head, dtype=torch.float32, device=device)
+            angles = (2 * math.pi * coords[:, :, None] * inv_freq).flatten(1, 2).tile(2)
+        else:
+            segment = 2 * ((d_head // 3) // 2)
+            grid_rows, grid_columns = cfg.grid_size
+            index = torch.arange(n_pos - layout.n_prefix_tokens, device=device)
+            per_frame = grid_rows * grid_columns
+            positions = (index // per_frame, (index % per_frame) // grid_columns, index % grid_columns)
+            omega = 1.0 / cfg.rotary_base ** (torch.arange(segment // 2, dtype=dtype, device=device) / (segment / 2))
+            angles = torch.cat([(position.to(dtype)[:, None] * omega).tile(2) for position in positions], dim=-1)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    def forward(
+        self, x: Float[Tensor, "batch pos head d_head"], context: ForwardContext
+    ) -> Float[Tensor, "batch pos head d_head"]:
+        cos, sin = context.rotary
+        prefix = context.layout.n_prefix_tokens
+        rotated = x[:, prefix:, :, : cos.shape[-1]]
+        if self.cfg.rotary_style == "dinov3":
+            first, second = rotated.chunk(2, dim=-1)
+            turned = torch.cat([-second, first], dim=-1)
+        else:
+            turned = torch.stack([-rotated[..., 1::2], rotated[..., 0::2]], dim=-1).flatten(-2)
+        rotated = rotated * cos[:, None] + turned * sin[:, None]
+        return torch.cat([x[:, :prefix], torch.cat([rotated, x[:, prefix:, :, cos.shape[-1] :]], dim=-1)], dim=1)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention (or cross-attention from a query input) with per-head hooks.
 
@@ -62,9 +157,10 @@ class Attention(nn.Module):
     ``hook_pattern`` (hooks or caching), in which case the scores are computed explicitly.
     """
 
-    def __init__(self, cfg: HookedViTConfig):
+    def __init__(self, cfg: HookedViTConfig, rotary: bool = True):
         super().__init__()
         self.cfg = cfg
+        self.rotates = rotary and cfg.positional_embedding_type == "rotary"
         n_heads, d_model, d_head = cfg.n_heads, cfg.d_model, cfg.d_head
         self.W_Q = nn.Parameter(torch.empty(n_heads, d_model, d_head))
         self.W_K = nn.Parameter(torch.empty(n_heads, d_model, d_head))
@@ -79,6 +175,10 @@ class Attention(nn.Module):
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]
         self.hook_k = HookPoint()  # [batch, pos, head, d_head]
         self.hook_v = HookPoint()  # [batch, pos, head, d_head]
+        if self.rotates:
+            self.rotary = Rotary(cfg)
+            self.hook_rot_q = HookPoint()  # [batch, pos, head, d_head]: queries after the rotation
+            self.hook_rot_k = HookPoint()  # [batch, pos, head, d_head]
         self.hook_attn_scores = HookPoint()  # [batch, head, query, key]
         self.hook_pattern = HookPoint()  # [batch, head, query, key]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
@@ -95,18 +195,27 @@ class Attention(nn.Module):
         self,
         x: Float[Tensor, "batch pos d_model"],
         kv_input: Float[Tensor, "batch kv_pos d_model"] | None = None,
+        context: ForwardContext | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         kv_input = x if kv_input is None else kv_input
         q = self.hook_q(self._project(x, self.W_Q, self.b_Q))
         k = self.hook_k(self._project(kv_input, self.W_K, self.b_K))
         v = self.hook_v(self._project(kv_input, self.W_V, self.b_V))
+        if self.rotates:
+            q = self.hook_rot_q(self.rotary(q, context))
+            k = self.hook_rot_k(self.rotary(k, context))
+        key_mask = None if context is None or context.key_mask is None else context.key_mask[:, None, None, :]
         if has_hooks(self.hook_attn_scores) or has_hooks(self.hook_pattern):
             scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(self.cfg.d_head)
+            if key_mask is not None:
+                scores = scores.masked_fill(~key_mask, float("-inf"))
             scores = self.hook_attn_scores(scores)
             pattern = self.hook_pattern(scores.float().softmax(dim=-1).to(v.dtype))
             z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
         else:
-            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            z = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=key_mask
+            )
             z = z.transpose(1, 2)
         z = self.hook_z(z)
         if self.cfg.use_attn_result:
@@ -118,8 +227,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """The feed-forward block: ``hook_pre`` (pre-activation) and ``hook_post`` (post-activation), ``[batch pos d_mlp]``.
 
-    With ``mlp_type='swiglu'`` (DINOv2 giant), ``hook_pre`` is the gate pre-activation,
-    ``hook_pre_linear`` the linear branch, and ``hook_post = silu(gate) * linear``.
+    Gated MLPs (``mlp_type='swiglu'``: DINOv2 giant, silu gate; ``'gated'``: DINOv3, AIMv2, the gate through
+    ``act_fn``): ``hook_pre`` is the gate pre-activation, ``hook_pre_linear`` the linear branch, and
+    ``hook_post = act(gate) * linear``.
     """
 
     def __init__(self, cfg: HookedViTConfig):
@@ -132,7 +242,9 @@ class MLP(nn.Module):
         nn.init.normal_(self.W_in, std=cfg.d_model**-0.5)
         nn.init.normal_(self.W_out, std=cfg.d_mlp**-0.5)
         self.hook_pre = HookPoint()
-        if cfg.mlp_type == "swiglu":
+        self.gated = cfg.mlp_type in ("swiglu", "gated")
+        self.gate_act_fn = "silu" if cfg.mlp_type == "swiglu" else cfg.act_fn
+        if self.gated:
             self.W_gate = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp))
             self.b_gate = nn.Parameter(torch.zeros(cfg.d_mlp))
             nn.init.normal_(self.W_gate, std=cfg.d_model**-0.5)
@@ -140,10 +252,10 @@ class MLP(nn.Module):
         self.hook_post = HookPoint()
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        if self.cfg.mlp_type == "swiglu":
+        if self.gated:
             gate = self.hook_pre(x @ self.W_gate + self.b_gate)
             linear = self.hook_pre_linear(x @ self.W_in + self.b_in)
-            post = self.hook_post(F.silu(gate) * linear)
+            post = self.hook_post(activation(self.gate_act_fn, gate) * linear)
         else:
             pre = self.hook_pre(x @ self.W_in + self.b_in)
             post = self.hook_post(activation(self.cfg.act_fn, pre))
@@ -156,9 +268,9 @@ class TransformerBlock(nn.Module):
     def __init__(self, cfg: HookedViTConfig, block_index: int):
         super().__init__()
         self.block_index = block_index
-        self.ln1 = LayerNorm(cfg.d_model, cfg.eps)
+        self.ln1 = make_norm(cfg, cfg.d_model, cfg.eps)
         self.attn = Attention(cfg)
-        self.ln2 = LayerNorm(cfg.d_model, cfg.eps)
+        self.ln2 = make_norm(cfg, cfg.d_model, cfg.eps)
         self.mlp = MLP(cfg)
         self.hook_resid_pre = HookPoint()
         self.hook_attn_out = HookPoint()
@@ -166,9 +278,11 @@ class TransformerBlock(nn.Module):
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(
+        self, resid_pre: Float[Tensor, "batch pos d_model"], context: ForwardContext | None = None
+    ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre)))
+        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre), context=context))
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
         return self.hook_resid_post(resid_mid + mlp_out)
@@ -179,21 +293,44 @@ def interpolate_grid_embedding(
     old_grid: tuple[int, int],
     new_grid: tuple[int, int],
     antialias: bool = False,
+    mode: str = "bicubic",
 ) -> Float[Tensor, "n_new_grid d_model"]:
-    """Resample patch position embeddings to a new patch grid (bicubic, in float32, as DINOv2 does)."""
+    """Resample patch position embeddings to a new patch grid (``mode``, in float32, as DINOv2 and SigLIP 2 do)."""
     if old_grid == new_grid:
         return grid_embed
     d_model = grid_embed.shape[-1]
     image_like = grid_embed.reshape(1, *old_grid, d_model).permute(0, 3, 1, 2)
-    resized = F.interpolate(image_like.float(), size=new_grid, mode="bicubic", align_corners=False, antialias=antialias)
+    resized = F.interpolate(image_like.float(), size=new_grid, mode=mode, align_corners=False, antialias=antialias)
     return resized.to(grid_embed.dtype).permute(0, 2, 3, 1).reshape(-1, d_model)
+
+
+def sincos_grid_embedding(
+    grid: tuple[int, int], d_model: int, dtype: torch.dtype, device: torch.device
+) -> Float[Tensor, "n_grid d_model"]:
+    """A fixed 2-D sine-cosine position table laid out ``[sin(w) | cos(w) | sin(h) | cos(h)]`` (AIMv2 native).
+
+    ``ω_j = 10000^-(j / (d_model / 4))``; a patch at row ``h``, column ``w`` has angles ``h·ω`` and ``w·ω``.
+    Computed in float64, then cast.
+    """
+    quarter = d_model // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64, device=device) / quarter)
+    rows, columns = torch.meshgrid(
+        torch.arange(grid[0], dtype=torch.float64, device=device),
+        torch.arange(grid[1], dtype=torch.float64, device=device),
+        indexing="ij",
+    )
+    row_angles, column_angles = rows.flatten()[:, None] * omega, columns.flatten()[:, None] * omega
+    table = [column_angles.sin(), column_angles.cos(), row_angles.sin(), row_angles.cos()]
+    return torch.cat(table, dim=1).to(dtype)
 
 
 class Embed(nn.Module):
     """Patchify and prepend CLS and register tokens; also give the matching position embeddings.
 
     Returns ``(tokens, pos_embed)``, both ``[batch pos d_model]``: the model hooks them as
-    ``hook_embed`` and ``hook_pos_embed`` and adds them into ``hook_full_embed``.
+    ``hook_embed`` and ``hook_pos_embed`` and adds them into ``hook_full_embed``. ``pos_embed`` is None for
+    rotary models, whose positions enter in attention instead. With ``cfg.patch_norm`` the patch embeddings
+    pass through ``ln_patch`` (hooked) before anything is prepended or added.
     """
 
     def __init__(self, cfg: HookedViTConfig):
@@ -203,31 +340,46 @@ class Embed(nn.Module):
         self.W_patch = nn.Parameter(torch.empty(d_model, cfg.n_channels, *cfg.patch_size))
         nn.init.normal_(self.W_patch, std=(cfg.n_channels * cfg.patch_size[0] * cfg.patch_size[1]) ** -0.5)
         self.b_patch = nn.Parameter(torch.zeros(d_model)) if cfg.patch_bias else None
+        self.ln_patch = make_norm(cfg, d_model, cfg.eps) if cfg.patch_norm else None
         self.cls_token = nn.Parameter(torch.randn(d_model) * 0.02) if cfg.has_cls_token else None
         self.register_tokens = (
             nn.Parameter(torch.randn(cfg.n_register_tokens, d_model) * 0.02) if cfg.n_register_tokens else None
         )
-        self.pos_embed = nn.Parameter(torch.randn(cfg.pos_embed_prefix + cfg.n_patches, d_model) * 0.02)
+        if cfg.positional_embedding_type == "standard":
+            self.pos_embed = nn.Parameter(torch.randn(cfg.pos_embed_prefix + cfg.n_patches, d_model) * 0.02)
 
-    def position_embeddings(self, grid: tuple[int, int]) -> Float[Tensor, "pos d_model"]:
-        """Position embeddings for every token of an image whose patch grid is ``grid``."""
+    @property
+    def adds_positions(self) -> bool:
+        """Whether position embeddings are added to the tokens (False for rotary models)."""
+        return self.cfg.positional_embedding_type != "rotary"
+
+    def position_embeddings(self, grid: tuple[int, int]) -> Float[Tensor, "pos d_model"] | None:
+        """Position embeddings for every token of an image whose patch grid is ``grid`` (None for rotary models)."""
         cfg = self.cfg
-        prefix = self.pos_embed[: cfg.pos_embed_prefix]
-        patches = interpolate_grid_embedding(
-            self.pos_embed[cfg.pos_embed_prefix :], cfg.grid_size, grid, cfg.interpolate_antialias
-        )
+        if cfg.positional_embedding_type == "rotary":
+            return None
+        if cfg.positional_embedding_type == "sincos":
+            prefix = self.W_patch.new_zeros(0, cfg.d_model)
+            patches = sincos_grid_embedding(grid, cfg.d_model, self.W_patch.dtype, self.W_patch.device)
+        else:
+            prefix = self.pos_embed[: cfg.pos_embed_prefix]
+            patches = interpolate_grid_embedding(
+                self.pos_embed[cfg.pos_embed_prefix :], cfg.grid_size, grid, cfg.interpolate_antialias, cfg.interpolate_mode
+            )
         parts = [prefix]
-        missing = cfg.n_prefix_tokens - cfg.pos_embed_prefix
+        missing = cfg.n_prefix_tokens - prefix.shape[0]
         if missing:
             parts.append(prefix.new_zeros(missing, cfg.d_model))
         parts.append(patches)
-        return torch.cat(parts) if len(parts) > 1 else patches
+        return torch.cat(parts)
 
-    def forward(self, images: Float[Tensor, "batch channels height width"]) -> tuple[Tensor, Tensor]:
+    def forward(self, images: Float[Tensor, "batch channels height width"]) -> tuple[Tensor, Tensor | None]:
         cfg = self.cfg
         patches = F.conv2d(images.to(self.W_patch.dtype), self.W_patch, self.b_patch, stride=cfg.patch_size)
         grid = (patches.shape[-2], patches.shape[-1])
         tokens = patches.flatten(2).transpose(1, 2)
+        if self.ln_patch is not None:
+            tokens = self.ln_patch(tokens)
         batch = tokens.shape[0]
         prefix = []
         if self.cls_token is not None:
@@ -236,33 +388,71 @@ class Embed(nn.Module):
             prefix.append(self.register_tokens.expand(batch, -1, -1))
         if prefix:
             tokens = torch.cat([*prefix, tokens], dim=1)
-        return tokens, self.position_embeddings(grid).expand(batch, -1, -1)
+        positions = self.position_embeddings(grid)
+        return tokens, None if positions is None else positions.expand(batch, -1, -1)
+
+    def from_patches(
+        self, patches: Float[Tensor, "batch max_patches patch_values"], spatial_shapes: Tensor
+    ) -> tuple[Float[Tensor, "batch max_patches d_model"], Float[Tensor, "batch max_patches d_model"]]:
+        """Tokens and position embeddings of patchified images (SigLIP 2 NaFlex): each row of ``patches`` is one
+        patch's values in (row, column, channel) order; image ``i`` fills its first ``rows·columns`` rows
+        (``spatial_shapes[i]``), the rest is padding.
+
+        Padding rows get the first position embedding, as transformers gives them (attention never reads them).
+
+        Example:
+            >>> tokens, positions = model.embed.from_patches(pixel_values, spatial_shapes)
+        """
+        cfg = self.cfg
+        weight = self.W_patch.permute(0, 2, 3, 1).flatten(1)  # the convolution as a linear map of (row, col, channel)
+        tokens = F.linear(patches.to(weight.dtype), weight, self.b_patch)
+        batch, max_patches, _ = tokens.shape
+        positions = tokens.new_empty(batch, max_patches, cfg.d_model)
+        for shape in {tuple(pair) for pair in spatial_shapes.tolist()}:
+            table = self.position_embeddings(shape)
+            images = (spatial_shapes.cpu() == torch.tensor(shape)).all(-1).nonzero().flatten().tolist()
+            filled = min(table.shape[0], max_patches)
+            for image in images:
+                positions[image, :filled] = table[:filled]
+                positions[image, filled:] = table[0]
+        return tokens, positions
 
 
 class Pool(nn.Module):
-    """Reduce the token sequence to one vector: the CLS token, the patch mean, or attention pooling (MAP).
+    """Reduce the token sequence to one vector: the CLS token, the patch mean, or attention pooling.
 
-    MAP (SigLIP's head): a learned probe attends to all tokens, then ``x + mlp(ln(x))``; its
+    MAP (``"map"``, SigLIP's head): a learned probe attends to all tokens, then ``x + mlp(ln(x))``; its
     attention and MLP carry their own hooks (``pool.attn.hook_pattern`` shows where it looks).
+    ``"attention"`` (AIMv2's head) is the probe's attention alone.
     """
 
     def __init__(self, cfg: HookedViTConfig):
         super().__init__()
         self.cfg = cfg
-        if cfg.pool_type == "map":
+        if cfg.pool_type in ("map", "attention"):
             self.probe = nn.Parameter(torch.randn(cfg.d_model) * 0.02)
-            self.attn = Attention(cfg)
-            self.ln = LayerNorm(cfg.d_model, cfg.ln_final_eps)
+            self.attn = Attention(cfg, rotary=False)
+        if cfg.pool_type == "map":
+            self.ln = make_norm(cfg, cfg.d_model, cfg.ln_final_eps)
             self.mlp = MLP(cfg)
 
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_model"]:
+    def forward(
+        self, x: Float[Tensor, "batch pos d_model"], context: ForwardContext | None = None
+    ) -> Float[Tensor, "batch d_model"]:
         pool_type = self.cfg.pool_type
         if pool_type == "cls":
             return x[:, 0]
+        key_mask = None if context is None else context.key_mask
         if pool_type == "mean":
-            return x[:, self.cfg.n_prefix_tokens :].mean(dim=1)
+            patches = x[:, self.cfg.n_prefix_tokens :]
+            if key_mask is None:
+                return patches.mean(dim=1)
+            valid = key_mask[:, self.cfg.n_prefix_tokens :, None].to(x.dtype)
+            return (patches * valid).sum(1) / valid.sum(1)
         probe = self.probe.expand(x.shape[0], 1, -1)
-        attended = self.attn(probe, kv_input=x)
+        attended = self.attn(probe, kv_input=x, context=context)
+        if pool_type == "attention":
+            return attended[:, 0]
         return (attended + self.mlp(self.ln(attended)))[:, 0]
 
 

@@ -12,9 +12,13 @@ from vit_sae_hooks.checks import config_from_dict, finite_number, is_int, non_ne
 from vit_sae_hooks.errors import ConfigError
 
 ActFn = Literal["gelu", "quick_gelu", "gelu_tanh", "relu", "silu"]
-PoolType = Literal["cls", "mean", "map"]
+PoolType = Literal["cls", "mean", "map", "attention"]
 HeadType = Literal["none", "linear", "linear_tanh"]
-MlpType = Literal["standard", "swiglu"]
+MlpType = Literal["standard", "swiglu", "gated"]
+NormalizationType = Literal["LN", "RMS"]
+PositionalEmbeddingType = Literal["standard", "rotary", "sincos"]
+RotaryStyle = Literal["dinov3", "vjepa2"]
+InterpolateMode = Literal["bicubic", "bilinear"]
 
 _ACT_FN_ALIASES = {
     "gelu": "gelu",
@@ -22,6 +26,7 @@ _ACT_FN_ALIASES = {
     "quickgelu": "quick_gelu",
     "gelu_pytorch_tanh": "gelu_tanh",
     "gelu_new": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
     "gelu_tanh": "gelu_tanh",
     "relu": "relu",
     "silu": "silu",
@@ -47,9 +52,9 @@ def _pair(name: str, value: int | tuple[int, int] | list[int]) -> tuple[int, int
 
 
 _BOOL_FIELDS = ("ln_pre", "ln_final", "final_ln_after_pool", "patch_bias", "has_cls_token", "interpolate_pos_embed",
-                "interpolate_antialias", "use_attn_result", "attn_only", "final_rms")
+                "interpolate_antialias", "use_attn_result", "attn_only", "final_rms", "patch_norm", "naflex")
 _TEXT_FIELDS = ("act_fn", "mlp_type", "pool_type", "head_type", "model_name", "original_architecture",
-                "normalization_type")
+                "normalization_type", "interpolate_mode", "positional_embedding_type")
 
 
 @dataclass
@@ -62,6 +67,15 @@ class HookedViTConfig:
 
     Token layout: ``[CLS?, registers..., patches...]``. ``pos_embed_prefix`` says how many of
     the leading prefix tokens have a learned position embedding (CLS only: 1; none: 0).
+
+    Family options: ``positional_embedding_type`` is ``"standard"`` (a learned table, resampled with
+    ``interpolate_mode`` for other sizes), ``"rotary"`` (no table; queries and keys are rotated,
+    ``rotary_style`` ``"dinov3"`` or ``"vjepa2"``, base ``rotary_base``) or ``"sincos"`` (a fixed 2-D
+    sine-cosine table per input grid, AIMv2 native); ``normalization_type`` ``"LN"`` or ``"RMS"``;
+    ``mlp_type`` ``"standard"``, ``"swiglu"`` (silu gate) or ``"gated"`` (``act_fn`` gate); ``patch_norm``
+    normalises the patch embeddings before positions are added (AIMv2); ``pool_type="attention"`` is
+    attention pooling by a learned probe without the MAP head's MLP (AIMv2); ``naflex`` models (SigLIP 2)
+    also take patchified inputs of mixed sizes, padded, with ``pixel_attention_mask`` and ``spatial_shapes``.
 
     Example:
         >>> cfg = HookedViTConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, image_size=32, patch_size=8)
@@ -89,6 +103,12 @@ class HookedViTConfig:
     pos_embed_prefix: int | None = None
     interpolate_pos_embed: bool = False
     interpolate_antialias: bool = False
+    interpolate_mode: str = "bicubic"
+    positional_embedding_type: str = "standard"
+    rotary_style: str | None = None
+    rotary_base: float = 10000.0
+    patch_norm: bool = False
+    naflex: bool = False
     pool_type: str = "cls"
     head_type: str = "none"
     d_output: int | None = None
@@ -117,14 +137,29 @@ class HookedViTConfig:
         if self.ln_final_eps is None:
             self.ln_final_eps = self.eps
         if self.pos_embed_prefix is None:
-            self.pos_embed_prefix = 1 if self.has_cls_token else 0
+            self.pos_embed_prefix = 1 if self.has_cls_token and self.positional_embedding_type == "standard" else 0
         for name, value, allowed in (
             ("pool_type", self.pool_type, get_args(PoolType)),
             ("head_type", self.head_type, get_args(HeadType)),
             ("mlp_type", self.mlp_type, get_args(MlpType)),
+            ("normalization_type", self.normalization_type, get_args(NormalizationType)),
+            ("positional_embedding_type", self.positional_embedding_type, get_args(PositionalEmbeddingType)),
+            ("interpolate_mode", self.interpolate_mode, get_args(InterpolateMode)),
         ):
             if value not in allowed:
                 raise ConfigError(f"{name}={value!r} is not supported; choose one of {allowed}")
+        if (self.positional_embedding_type == "rotary") != (self.rotary_style is not None):
+            raise ConfigError(
+                f"rotary_style={self.rotary_style!r} goes with positional_embedding_type='rotary' (got "
+                f"{self.positional_embedding_type!r}); set both or neither"
+            )
+        if self.rotary_style is not None and self.rotary_style not in get_args(RotaryStyle):
+            raise ConfigError(f"rotary_style={self.rotary_style!r} is not supported; choose one of {get_args(RotaryStyle)}")
+        if self.positional_embedding_type != "standard" and self.pos_embed_prefix:
+            raise ConfigError(
+                f"pos_embed_prefix={self.pos_embed_prefix} needs a learned position table, but "
+                f"positional_embedding_type={self.positional_embedding_type!r}; use pos_embed_prefix=0"
+            )
         if self.pool_type == "cls" and not self.has_cls_token:
             raise ConfigError("pool_type='cls' needs a CLS token; use 'mean' or 'map' for has_cls_token=False")
         if self.head_type != "none" and self.d_output is None:
@@ -149,6 +184,7 @@ class HookedViTConfig:
                 positive_int(name, getattr(self, name))
         if self.pos_embed_prefix is not None:
             non_negative_int("pos_embed_prefix", self.pos_embed_prefix)
+        finite_number("rotary_base", self.rotary_base, minimum=0, strictly=True)
         for name in ("eps", "ln_pre_eps", "ln_final_eps"):
             if getattr(self, name) is not None:
                 finite_number(name, getattr(self, name), minimum=0, strictly=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 from vit_sae_hooks._tl import ActivationCache, HookedRootModule, HookPoint
 from vit_sae_hooks.errors import HookNameError, InputShapeError, unknown_hook_message
 from vit_sae_hooks.model import splice as splicing
-from vit_sae_hooks.model.components import Embed, Head, LayerNorm, Pool, TransformerBlock
+from vit_sae_hooks.model.components import Embed, ForwardContext, Head, Pool, TransformerBlock, make_norm
 from vit_sae_hooks.model.config import HookedViTConfig
 from vit_sae_hooks.model.splice import Splice
 from vit_sae_hooks.tokens import TokenLayout, TokenSpec
@@ -46,22 +47,32 @@ class HookedViT(HookedRootModule):
         self.cfg = cfg
         self.embed = Embed(cfg)
         self.hook_embed = HookPoint()  # [batch, pos, d_model]: prefix tokens then patch embeddings
-        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        if self.embed.adds_positions:
+            self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.hook_full_embed = HookPoint()  # [batch, pos, d_model]: hook_embed + hook_pos_embed
-        self.ln_pre = LayerNorm(cfg.d_model, cfg.ln_pre_eps) if cfg.ln_pre else None
+        self.ln_pre = make_norm(cfg, cfg.d_model, cfg.ln_pre_eps) if cfg.ln_pre else None
         self.blocks = nn.ModuleList(TransformerBlock(cfg, index) for index in range(cfg.n_layers))
-        self.ln_final = LayerNorm(cfg.d_model, cfg.ln_final_eps) if cfg.ln_final else None
+        self.ln_final = make_norm(cfg, cfg.d_model, cfg.ln_final_eps) if cfg.ln_final else None
         self.pool = Pool(cfg)
         self.hook_pooled = HookPoint()  # [batch, d_model]
         self.head = Head(cfg) if cfg.head_type != "none" else None
         self.hook_output = HookPoint()  # [batch, d_output]: image embedding or logits
         self.setup()
-        layout = TokenLayout.of(cfg)
-        for hook_point in self.hook_dict.values():
-            # Lets interventions resolve tokens="patches" from the hook they run on.
-            hook_point.token_layout = layout
+        self.token_layout = TokenLayout.of(cfg)
+        self._share_layout()
         self.acts_to_saes: dict[str, SAE] = {}
         self._splices: dict[str, Splice] = {}
+
+    def _share_layout(self) -> None:
+        # Lets interventions resolve tokens="patches" (and find the patch grid) from the hook they run on.
+        for hook_point in self.hook_dict.values():
+            hook_point.token_layout = self.token_layout
+
+    def _use_layout(self, layout: TokenLayout) -> None:
+        """Make ``layout`` the token layout of the forward pass about to run (and of every hook point)."""
+        if layout != self.token_layout:
+            self.token_layout = layout
+            self._share_layout()
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -71,6 +82,9 @@ class HookedViT(HookedRootModule):
         stop_at_layer: int | None = None,
         start_at_layer: int | None = None,
         interpolate_pos_encoding: bool | None = None,
+        grid: tuple[int, int] | None = None,
+        pixel_attention_mask: Tensor | None = None,
+        spatial_shapes: Tensor | None = None,
     ) -> Tensor | None:
         """Run the model on preprocessed images (or, with ``start_at_layer``, on a residual stream).
 
@@ -86,6 +100,12 @@ class HookedViT(HookedRootModule):
             start_at_layer: begin at block L from the residual stream given as ``images``.
             interpolate_pos_encoding: resample position embeddings for other image sizes
                 (defaults to the config's ``interpolate_pos_embed``, True for DINOv2).
+            grid: with ``start_at_layer``, the patch grid (rows, columns) of the images the residual
+                stream came from, when it is neither the checkpoint's grid nor square.
+            pixel_attention_mask, spatial_shapes: SigLIP 2's NaFlex inputs, exactly as
+                ``Siglip2VisionModel.forward`` takes them: ``images`` is then ``[batch, max_patches,
+                patch * patch * channels]``, the mask ``[batch, max_patches]`` (1 on real patches) and the
+                shapes ``[batch, 2]`` (each image's rows and columns of patches).
 
         Example:
             >>> resid = model(images, stop_at_layer=6)  # [batch, pos, d_model]
@@ -94,29 +114,117 @@ class HookedViT(HookedRootModule):
         cfg = self.cfg
         start = self._layer_index(start_at_layer, "start_at_layer") if start_at_layer is not None else 0
         stop = self._layer_index(stop_at_layer, "stop_at_layer") if stop_at_layer is not None else cfg.n_layers
-        if start_at_layer is None:
+        if start_at_layer is None and (pixel_attention_mask is not None or spatial_shapes is not None):
+            valid, spatial_shapes = self._check_patches(images, pixel_attention_mask, spatial_shapes)
+            context = self._padded_context(valid, spatial_shapes)
+            tokens, pos_embed = self.embed.from_patches(images, spatial_shapes)
+        elif start_at_layer is None:
             self.check_images(images, interpolate_pos_encoding)
+            grid = (images.shape[-2] // cfg.patch_size[0], images.shape[-1] // cfg.patch_size[1])
+            context = self._context(grid, images.shape[0], images.device)
             tokens, pos_embed = self.embed(images)
+        if start_at_layer is None:
             tokens = self.hook_embed(tokens)
-            pos_embed = self.hook_pos_embed(pos_embed)
-            resid = self.hook_full_embed(tokens + pos_embed)
+            if pos_embed is not None:
+                tokens = tokens + self.hook_pos_embed(pos_embed)
+            resid = self.hook_full_embed(tokens)
             if self.ln_pre is not None:
                 resid = self.ln_pre(resid)
+        elif pixel_attention_mask is not None or spatial_shapes is not None:
+            resid = self._check_residual(images)
+            padding = self._check_padding(resid.shape[:2], resid.device, pixel_attention_mask, spatial_shapes)
+            context = self._padded_context(*padding)
         else:
             resid = self._check_residual(images)
+            context = self._context(self._residual_grid(resid, grid), resid.shape[0], resid.device)
         for block in self.blocks[start:stop]:
-            resid = block(resid)
+            resid = block(resid, context)
         if stop_at_layer is not None:
             return resid
-        return self._finish(resid, return_type)
+        return self._finish(resid, return_type, context)
 
-    def _finish(self, resid: Tensor, return_type: ReturnType | None) -> Tensor | None:
+    def _context(self, grid: tuple[int, int], batch: int, device: torch.device) -> ForwardContext:
+        """The token layout and rotary tables one forward pass shares, for images cut into ``grid`` patches."""
+        layout = TokenLayout.of(self.cfg, grid)
+        self._use_layout(layout)
+        rotary = None
+        if self.cfg.positional_embedding_type == "rotary":
+            n_pos = layout.n_prefix_tokens + grid[0] * grid[1]
+            rotary = self.blocks[0].attn.rotary.tables(layout, n_pos, self.embed.W_patch.dtype, device)
+        return ForwardContext(layout=layout, rotary=rotary)
+
+    def _padded_context(self, valid: Tensor, spatial_shapes: Tensor) -> ForwardContext:
+        layout = TokenLayout(
+            n_prefix_tokens=self.cfg.n_prefix_tokens, has_cls_token=self.cfg.has_cls_token, grids=spatial_shapes,
+            valid=valid,
+        )
+        self._use_layout(layout)
+        # A batch without padding needs no mask (and gets the fast unmasked attention).
+        return ForwardContext(layout=layout, key_mask=None if bool(valid.all()) else valid)
+
+    def _check_patches(self, patches: Any, mask: Any, spatial_shapes: Any) -> tuple[Tensor, Tensor]:
+        """The padding mask and shapes of a NaFlex input, checked against each other and the model."""
+        cfg = self.cfg
+        self._require_naflex()
+        width = cfg.patch_size[0] * cfg.patch_size[1] * cfg.n_channels
+        if not isinstance(patches, Tensor) or patches.ndim != 3 or patches.shape[-1] != width or not patches.is_floating_point():
+            shape = tuple(patches.shape) if isinstance(patches, Tensor) else type(patches).__name__
+            raise InputShapeError(f"NaFlex pixel_values must be float [batch, max_patches, {width}]; got {shape}")
+        return self._check_padding(patches.shape[:2], patches.device, mask, spatial_shapes)
+
+    def _require_naflex(self) -> None:
+        cfg = self.cfg
+        if not cfg.naflex:
+            raise InputShapeError(
+                f"pixel_attention_mask and spatial_shapes are SigLIP 2 NaFlex inputs; {cfg.model_name} takes images "
+                f"[batch, {cfg.n_channels}, height, width]"
+            )
+
+    def _check_padding(
+        self, batch_and_length: tuple[int, int], device: torch.device, mask: Any, spatial_shapes: Any
+    ) -> tuple[Tensor, Tensor]:
+        expected = "pixel_attention_mask [batch, max_patches] (1 on real patches) and spatial_shapes [batch, 2]"
+        self._require_naflex()
+        if mask is None or spatial_shapes is None:
+            raise InputShapeError(f"NaFlex inputs need both {expected}")
+        mask, shapes = torch.as_tensor(mask, device=device), torch.as_tensor(spatial_shapes).long()
+        batch, length = batch_and_length
+        if tuple(mask.shape) != (batch, length) or tuple(shapes.shape) != (batch, 2):
+            raise InputShapeError(
+                f"pixel_attention_mask {tuple(mask.shape)} and spatial_shapes {tuple(shapes.shape)} do not fit "
+                f"{batch} sequences of {length} tokens; expected {expected}"
+            )
+        counts = shapes.prod(-1)
+        if bool((counts > length).any()) or not torch.equal(mask.long().sum(-1).cpu(), counts):
+            raise InputShapeError(
+                f"spatial_shapes {shapes.tolist()} do not match pixel_attention_mask (real patches per image: "
+                f"{mask.long().sum(-1).tolist()}); pass the processor's three outputs unchanged"
+            )
+        return mask.bool(), shapes
+
+    def _residual_grid(self, resid: Tensor, grid: tuple[int, int] | None) -> tuple[int, int]:
+        n_patches = resid.shape[1] - self.cfg.n_prefix_tokens
+        if grid is not None:
+            if grid[0] * grid[1] != n_patches:
+                raise InputShapeError(f"grid={grid} has {grid[0] * grid[1]} patches but the residual stream has {n_patches}")
+            return tuple(grid)
+        if n_patches == self.cfg.n_patches:
+            return self.cfg.grid_size
+        side = math.isqrt(n_patches)
+        if side * side != n_patches:
+            raise InputShapeError(
+                f"the residual stream has {n_patches} patch tokens, which is neither this model's grid "
+                f"{self.cfg.grid_size} nor a square; pass grid=(rows, columns) with start_at_layer"
+            )
+        return (side, side)
+
+    def _finish(self, resid: Tensor, return_type: ReturnType | None, context: ForwardContext) -> Tensor | None:
         cfg = self.cfg
         if self.ln_final is not None and not cfg.final_ln_after_pool:
             resid = self.ln_final(resid)
         if return_type == "tokens":
             return resid
-        pooled = self.pool(resid)
+        pooled = self.pool(resid, context)
         if self.ln_final is not None and cfg.final_ln_after_pool:
             pooled = self.ln_final(pooled)
         pooled = self.hook_pooled(pooled)
@@ -162,7 +270,10 @@ class HookedViT(HookedRootModule):
         height, width = images.shape[-2:]
         if (height, width) == tuple(cfg.image_size):
             return
+        # Rotary and sine-cosine positions are computed for any grid; only a learned table needs resampling.
+        resizable = cfg.positional_embedding_type != "standard"
         interpolate = cfg.interpolate_pos_embed if interpolate_pos_encoding is None else interpolate_pos_encoding
+        interpolate = interpolate or resizable
         if not interpolate:
             raise InputShapeError(
                 f"images are {height}x{width} but the model expects {cfg.image_size[0]}x{cfg.image_size[1]} "

@@ -61,7 +61,7 @@ class Splice:
     use_error_term: bool
     flatten_heads: bool
     has_positions: bool
-    layout: TokenLayout
+    model: HookedViT
     previous_use_error_term: bool = False
     handle: object = None
     sae_hook_handles: dict[str, tuple[list, list]] = field(default_factory=dict)
@@ -77,7 +77,7 @@ class Splice:
 
     def _splice_tokens(self, x: Tensor) -> Tensor:
         n_pos = x.shape[1]
-        selection = TokenSelection.resolve(self.tokens, n_pos, self.layout)
+        selection = TokenSelection.resolve(self.tokens, n_pos, self.model.token_layout)
         if selection.per_image:
             # The SAE sees every token and the mask picks, per image, where its output goes.
             self._set_positions(torch.arange(n_pos, device=x.device), n_pos)
@@ -116,12 +116,11 @@ def attach(model: HookedViT, sae: SAE, hook_name: str | None, use_error_term: bo
     tokens = sae.token_set if tokens is None else tokens
     if not has_positions and not (isinstance(tokens, str) and tokens == "all"):
         raise ConfigError(f"{hook_name!r} has no token axis, so tokens={tokens!r} cannot apply; use tokens='all'")
-    layout = TokenLayout.of(model.cfg)
     if has_positions:
-        TokenSelection.resolve(tokens, model.cfg.n_ctx, layout)
+        TokenSelection.resolve(tokens, model.cfg.n_ctx, TokenLayout.of(model.cfg))
     splice = Splice(
         sae=sae, hook_name=hook_name, tokens=tokens, use_error_term=use_error_term, flatten_heads=flatten_heads,
-        has_positions=has_positions, layout=layout, previous_use_error_term=sae.use_error_term,
+        has_positions=has_positions, model=model, previous_use_error_term=sae.use_error_term,
     )
     sae.use_error_term = use_error_term
     splice.handle = model.hook_dict[hook_name].add_hook(splice, dir="fwd", is_permanent=True, prepend=True)
@@ -129,7 +128,7 @@ def attach(model: HookedViT, sae: SAE, hook_name: str | None, use_error_term: bo
         alias = f"{hook_name}.{local_name}"
         splice.sae_hook_handles[local_name] = (list(hook_point.fwd_hooks), list(hook_point.bwd_hooks))
         hook_point.name = alias
-        hook_point.token_layout = layout
+        hook_point.token_layout = model.token_layout
         model.hook_dict[alias] = hook_point
         model.mod_dict[alias] = hook_point
     model.acts_to_saes[hook_name] = sae

@@ -16,9 +16,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vit_sae_hooks.errors import DataError, InputShapeError
+from vit_sae_hooks.errors import ConfigError, DataError, InputShapeError
 from vit_sae_hooks.hook_names import stop_layer
-from vit_sae_hooks.tokens import TokenLayout, select_tokens
+from vit_sae_hooks.tokens import select_tokens
 
 if TYPE_CHECKING:
     from vit_sae_hooks.model import HookedViT
@@ -59,7 +59,9 @@ def hook_activations(
             model(images, return_type=None)
         else:
             model(images, stop_at_layer=stop)
-    layout = TokenLayout.of(model.cfg)
+    layout = model.token_layout
+    if layout.valid is not None:
+        raise ConfigError("training reads plain images; pass images [batch, channels, height, width], not padded NaFlex patches")
     selected = select_tokens(captured[0], token_set, layout.n_prefix_tokens, layout.has_cls_token, repr(hook_name))
     return selected.float()
 

@@ -94,10 +94,11 @@ def load_tensors(folder: Path, candidates: Iterable[str], keep: Callable[[str], 
 
 @dataclass
 class BlockWeights:
-    """One transformer block's tensors in ``nn.Linear`` layout (``weight [out, in]``)."""
+    """One transformer block's tensors in ``nn.Linear`` layout (``weight [out, in]``); a pooling head without
+    norms or MLP (``pool_type="attention"``) leaves those fields None, as RMSNorms leave their biases."""
 
-    ln1_w: Tensor
-    ln1_b: Tensor
+    ln1_w: Tensor | None
+    ln1_b: Tensor | None
     q_w: Tensor
     q_b: Tensor | None
     k_w: Tensor
@@ -106,11 +107,11 @@ class BlockWeights:
     v_b: Tensor | None
     o_w: Tensor
     o_b: Tensor | None
-    ln2_w: Tensor
-    ln2_b: Tensor
-    fc1_w: Tensor
+    ln2_w: Tensor | None
+    ln2_b: Tensor | None
+    fc1_w: Tensor | None
     fc1_b: Tensor | None
-    fc2_w: Tensor
+    fc2_w: Tensor | None
     fc2_b: Tensor | None
     layer_scale_attn: Tensor | None = None
     layer_scale_mlp: Tensor | None = None
@@ -151,37 +152,54 @@ def _zeros_if_none(bias: Tensor | None, size: int, like: Tensor) -> Tensor:
     return torch.zeros(size, dtype=like.dtype) if bias is None else bias
 
 
-def _block_params(cfg: HookedViTConfig, prefix: str, w: BlockWeights) -> dict[str, Tensor]:
+def _attention_params(cfg: HookedViTConfig, prefix: str, w: BlockWeights) -> dict[str, Tensor]:
     n_heads, d_head, d_model = cfg.n_heads, cfg.d_head, cfg.d_model
-    params: dict[str, Tensor] = {
-        f"{prefix}.ln1.w": w.ln1_w,
-        f"{prefix}.ln1.b": w.ln1_b,
-        f"{prefix}.ln2.w": w.ln2_w,
-        f"{prefix}.ln2.b": w.ln2_b,
-    }
+    params: dict[str, Tensor] = {}
     for name, weight, bias in (("Q", w.q_w, w.q_b), ("K", w.k_w, w.k_b), ("V", w.v_w, w.v_b)):
-        params[f"{prefix}.attn.W_{name}"] = weight.T.reshape(d_model, n_heads, d_head).permute(1, 0, 2)
-        params[f"{prefix}.attn.b_{name}"] = _zeros_if_none(bias, n_heads * d_head, weight).reshape(n_heads, d_head)
+        params[f"{prefix}.W_{name}"] = weight.T.reshape(d_model, n_heads, d_head).permute(1, 0, 2)
+        params[f"{prefix}.b_{name}"] = _zeros_if_none(bias, n_heads * d_head, weight).reshape(n_heads, d_head)
     W_O = w.o_w.T.reshape(n_heads, d_head, d_model)
     b_O = _zeros_if_none(w.o_b, d_model, w.o_w)
-    W_out = w.fc2_w.T
-    b_out = _zeros_if_none(w.fc2_b, d_model, w.fc2_w)
     # Layer scale multiplies a sublayer's output; folding it into the output projection leaves
     # hook_attn_out / hook_mlp_out unchanged and saves a multiply per block.
     if w.layer_scale_attn is not None:
         W_O, b_O = W_O * w.layer_scale_attn, b_O * w.layer_scale_attn
+    params[f"{prefix}.W_O"], params[f"{prefix}.b_O"] = W_O, b_O
+    return params
+
+
+def _mlp_params(cfg: HookedViTConfig, prefix: str, w: BlockWeights) -> dict[str, Tensor]:
+    W_out = w.fc2_w.T
+    b_out = _zeros_if_none(w.fc2_b, cfg.d_model, w.fc2_w)
     if w.layer_scale_mlp is not None:
         W_out, b_out = W_out * w.layer_scale_mlp, b_out * w.layer_scale_mlp
-    params[f"{prefix}.attn.W_O"] = W_O
-    params[f"{prefix}.attn.b_O"] = b_O
-    params[f"{prefix}.mlp.W_in"] = w.fc1_w.T
-    params[f"{prefix}.mlp.b_in"] = _zeros_if_none(w.fc1_b, cfg.d_mlp, w.fc1_w)
-    params[f"{prefix}.mlp.W_out"] = W_out
-    params[f"{prefix}.mlp.b_out"] = b_out
-    if cfg.mlp_type == "swiglu":
-        params[f"{prefix}.mlp.W_gate"] = w.gate_w.T
-        params[f"{prefix}.mlp.b_gate"] = _zeros_if_none(w.gate_b, cfg.d_mlp, w.gate_w)
+    params = {
+        f"{prefix}.W_in": w.fc1_w.T,
+        f"{prefix}.b_in": _zeros_if_none(w.fc1_b, cfg.d_mlp, w.fc1_w),
+        f"{prefix}.W_out": W_out,
+        f"{prefix}.b_out": b_out,
+    }
+    if cfg.mlp_type in ("swiglu", "gated"):
+        params[f"{prefix}.W_gate"] = w.gate_w.T
+        params[f"{prefix}.b_gate"] = _zeros_if_none(w.gate_b, cfg.d_mlp, w.gate_w)
     return params
+
+
+def _block_params(cfg: HookedViTConfig, prefix: str, w: BlockWeights) -> dict[str, Tensor]:
+    return {
+        **_norm_params(cfg, f"{prefix}.ln1", (w.ln1_w, w.ln1_b)),
+        **_attention_params(cfg, f"{prefix}.attn", w),
+        **_norm_params(cfg, f"{prefix}.ln2", (w.ln2_w, w.ln2_b)),
+        **_mlp_params(cfg, f"{prefix}.mlp", w),
+    }
+
+
+def _norm_params(cfg: HookedViTConfig, name: str, norm: tuple[Tensor, Tensor | None]) -> dict[str, Tensor]:
+    """A norm's parameters: weight and bias for LayerNorm, weight only for RMSNorm."""
+    weight, bias = norm
+    if cfg.normalization_type == "RMS":
+        return {f"{name}.w": weight}
+    return {f"{name}.w": weight, f"{name}.b": _zeros_if_none(bias, weight.shape[0], weight)}
 
 
 def assemble_state_dict(
@@ -191,36 +209,40 @@ def assemble_state_dict(
     patch_bias: Tensor | None,
     cls_token: Tensor | None,
     register_tokens: Tensor | None,
-    pos_embed: Tensor,
+    pos_embed: Tensor | None,
     blocks: list[BlockWeights],
-    ln_pre: tuple[Tensor, Tensor] | None,
-    ln_final: tuple[Tensor, Tensor] | None,
+    ln_pre: tuple[Tensor, Tensor | None] | None,
+    ln_final: tuple[Tensor, Tensor | None] | None,
     head_weight: Tensor | None = None,
     head_bias: Tensor | None = None,
     map_pool: dict[str, Tensor] | None = None,
+    patch_norm: tuple[Tensor, Tensor | None] | None = None,
 ) -> dict[str, Tensor]:
     """The complete HookedViT state dict from format-neutral pieces.
 
     ``head_weight`` is ``[d_output, d_model]`` (``nn.Linear`` layout); ``map_pool`` holds the
     attention-pooling head as ``{"probe": [d_model], "block": BlockWeights}`` with the head's
-    LayerNorm in ``ln2_w``/``ln2_b`` (``ln1`` is unused).
+    LayerNorm in ``ln2_w``/``ln2_b`` (``ln1`` is unused; a head without LayerNorm and MLP, as
+    ``pool_type="attention"`` has, leaves them and ``fc*`` out). ``pos_embed`` is None for models without a
+    learned position table; norms are ``(weight, bias)`` pairs (bias None for RMSNorm).
     """
-    state: dict[str, Tensor] = {
-        "embed.W_patch": patch_weight,
-        "embed.pos_embed": pos_embed.reshape(-1, cfg.d_model),
-    }
+    state: dict[str, Tensor] = {"embed.W_patch": patch_weight}
+    if pos_embed is not None:
+        state["embed.pos_embed"] = pos_embed.reshape(-1, cfg.d_model)
     if patch_bias is not None:
         state["embed.b_patch"] = patch_bias
+    if patch_norm is not None:
+        state.update(_norm_params(cfg, "embed.ln_patch", patch_norm))
     if cls_token is not None:
         state["embed.cls_token"] = cls_token.reshape(cfg.d_model)
     if register_tokens is not None:
         state["embed.register_tokens"] = register_tokens.reshape(-1, cfg.d_model)
     if ln_pre is not None:
-        state["ln_pre.w"], state["ln_pre.b"] = ln_pre
+        state.update(_norm_params(cfg, "ln_pre", ln_pre))
     for index, block in enumerate(blocks):
         state.update(_block_params(cfg, f"blocks.{index}", block))
     if ln_final is not None:
-        state["ln_final.w"], state["ln_final.b"] = ln_final
+        state.update(_norm_params(cfg, "ln_final", ln_final))
     if head_weight is not None:
         state["head.W"] = head_weight.T
         state["head.b"] = _zeros_if_none(head_bias, head_weight.shape[0], head_weight)
@@ -228,9 +250,10 @@ def assemble_state_dict(
         # The MAP head is a block without ln1: its attention and MLP convert like a block's, and
         # its single LayerNorm travels in the ln2 slot.
         head_block: BlockWeights = map_pool["block"]
-        pool_params = _block_params(cfg, "pool", head_block)
-        state.update({k: v for k, v in pool_params.items() if not k.startswith(("pool.ln1.", "pool.ln2."))})
-        state["pool.ln.w"], state["pool.ln.b"] = head_block.ln2_w, head_block.ln2_b
+        state.update(_attention_params(cfg, "pool.attn", head_block))
+        if cfg.pool_type == "map":
+            state.update(_norm_params(cfg, "pool.ln", (head_block.ln2_w, head_block.ln2_b)))
+            state.update(_mlp_params(cfg, "pool.mlp", head_block))
         state["pool.probe"] = map_pool["probe"].reshape(cfg.d_model)
     return {name: tensor.contiguous() for name, tensor in state.items()}
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 from torch import Tensor
 
 from vit_sae_hooks.errors import CheckpointFormatError
 from vit_sae_hooks.model.config import HookedViTConfig
+from vit_sae_hooks.model.loading.aimv2 import ANCHOR as AIMV2_ANCHOR
+from vit_sae_hooks.model.loading.aimv2 import load_aimv2
 from vit_sae_hooks.model.loading.convert import (
     BlockWeights,
     TensorSource,
@@ -16,6 +19,9 @@ from vit_sae_hooks.model.loading.convert import (
     load_tensors,
     split_fused,
 )
+from vit_sae_hooks.model.loading.dinov3 import ANCHOR as DINOV3_ANCHOR
+from vit_sae_hooks.model.loading.dinov3 import load_dinov3
+from vit_sae_hooks.model.loading.hf_common import attention_tensors, vision_config, vision_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +36,14 @@ SUPPORTED_MODEL_TYPES = {
     "dinov2_with_registers": ("dinov2", False),
     "siglip": ("siglip", True),
     "siglip_vision_model": ("siglip", False),
+    "siglip2": ("siglip", True),
+    "siglip2_vision_model": ("siglip", False),
+    # MetaCLIP 2 is CLIP's architecture trained on other data.
+    "metaclip_2": ("clip", True),
+    "metaclip_2_vision_model": ("clip", False),
+    "dinov3_vit": ("dinov3", False),
+    "aimv2": ("aimv2", True),
+    "aimv2_vision_model": ("aimv2", False),
 }
 
 # The key every family's vision tower has, used to find the prefix the checkpoint puts before it.
@@ -38,57 +52,30 @@ _ANCHOR_KEYS = {
     "siglip": "embeddings.patch_embedding.weight",
     "vit": "embeddings.patch_embeddings.projection.weight",
     "dinov2": "embeddings.patch_embeddings.projection.weight",
+    "dinov3": DINOV3_ANCHOR,
+    "aimv2": AIMV2_ANCHOR,
 }
-
-
-def _vision_prefix(source: TensorSource, family: str) -> str:
-    anchor = _ANCHOR_KEYS[family]
-    # CLIPModel/SiglipModel also hold a text tower; the vision tower is the one named vision_model.
-    matches = sorted(k[: -len(anchor)] for k in source.tensors if k.endswith(anchor))
-    if not matches:
-        raise CheckpointFormatError(
-            f"{source.origin} has no {anchor!r} tensor, so it is not a {family} vision checkpoint"
-        )
-    vision = [m for m in matches if "vision" in m]
-    return (vision or matches)[0]
-
-
-def _vision_config(
-    vision: dict, *, n_layers: int, default_act: str, default_eps: float, default_patch: int, name: str,
-    architecture: str, d_mlp: int | None = None, **family: object,
-) -> HookedViTConfig:
-    """The HookedViTConfig of an HF vision tower: the fields every family reads the same way, plus ``family``'s own."""
-    return HookedViTConfig(
-        n_layers=n_layers,
-        d_model=vision["hidden_size"],
-        n_heads=vision["num_attention_heads"],
-        d_mlp=vision["intermediate_size"] if d_mlp is None else d_mlp,
-        image_size=vision.get("image_size", 224),
-        patch_size=vision.get("patch_size", default_patch),
-        n_channels=vision.get("num_channels", 3),
-        act_fn=vision.get("hidden_act", default_act),
-        eps=float(vision.get("layer_norm_eps", default_eps)),
-        model_name=name,
-        original_architecture=architecture,
-        **family,
-    )
+_FAMILY_LOADERS = {"dinov3": load_dinov3, "aimv2": load_aimv2}
 
 
 def load_hf(folder: Path, config: dict) -> tuple[HookedViTConfig, dict[str, Tensor]]:
     """Convert a transformers vision checkpoint in ``folder`` (its ``config.json`` already parsed)."""
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
+        found = ", ".join(map(str, config.get("architectures") or [])) or "no architectures entry"
         raise CheckpointFormatError(
-            f"{folder / 'config.json'} has model_type={model_type!r}; supported transformers model types: "
-            f"{sorted(SUPPORTED_MODEL_TYPES)}"
+            f"{folder / 'config.json'} is a transformers checkpoint of model_type={model_type!r} ({found}), which "
+            f"vit_sae_hooks does not load; supported model types: {sorted(SUPPORTED_MODEL_TYPES)}"
         )
     family, nested = SUPPORTED_MODEL_TYPES[model_type]
     vision = config.get("vision_config", {}) if nested else config
     # Only the vision tower (and projection) is read, so a full CLIPModel costs no text-tower memory.
     source = load_tensors(folder, HF_WEIGHT_FILES, keep=lambda key: not key.startswith(("text_model.", "text_projection")))
-    prefix = _vision_prefix(source, family)
+    prefix = vision_prefix(source, family, _ANCHOR_KEYS[family])
     architectures = config.get("architectures") or [model_type]
     name = config.get("_name_or_path") or str(folder)
+    if family in _FAMILY_LOADERS:
+        return _FAMILY_LOADERS[family](source, prefix, vision, architectures[0], name)
     if family == "clip":
         return _load_clip(source, prefix, vision, config, architectures[0], name)
     if family == "siglip":
@@ -96,18 +83,10 @@ def load_hf(folder: Path, config: dict) -> tuple[HookedViTConfig, dict[str, Tens
     return _load_vit_like(source, prefix, vision, family, model_type, architectures[0], name)
 
 
-def _attention_block(source: TensorSource, p: str, attn: str, names: dict[str, str]) -> dict[str, Tensor | None]:
-    out = {}
-    for short, key in names.items():
-        out[f"{short}_w"] = source.get(f"{p}{attn}{key}.weight")
-        out[f"{short}_b"] = source.optional(f"{p}{attn}{key}.bias")
-    return out
-
-
 def _load_clip(source, prefix, vision, config, architecture, name):
     projection = source.optional("visual_projection.weight")
     n_layers = source.count_indexed(f"{prefix}encoder.layers.")
-    cfg = _vision_config(
+    cfg = vision_config(
         vision, n_layers=n_layers, default_act="quick_gelu", default_eps=1e-5, default_patch=32, name=name,
         architecture=architecture,
         ln_pre=True,
@@ -137,7 +116,7 @@ def _load_clip(source, prefix, vision, config, architecture, name):
 
 def _clip_style_block(source: TensorSource, p: str) -> BlockWeights:
     """A CLIP/SigLIP encoder layer: ``self_attn.{q,k,v,out}_proj``, ``layer_norm{1,2}``, ``mlp.fc{1,2}``."""
-    attn = _attention_block(source, p, "self_attn.", {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"})
+    attn = attention_tensors(source, p, "self_attn.", {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"})
     return BlockWeights(
         ln1_w=source.get(f"{p}layer_norm1.weight"),
         ln1_b=source.get(f"{p}layer_norm1.bias"),
@@ -152,17 +131,32 @@ def _clip_style_block(source: TensorSource, p: str) -> BlockWeights:
 
 
 def _load_siglip(source, prefix, vision, architecture, name):
+    """SigLIP, and SigLIP 2 NaFlex: a linear patch embedding over (row, column, channel)-ordered patches,
+    which is the convolution with the weights reordered, and a square position grid resampled (bilinear,
+    antialiased) to each image's grid."""
     n_layers = source.count_indexed(f"{prefix}encoder.layers.")
     use_head = vision.get("vision_use_head", True) and f"{prefix}head.probe" in source
+    patch_weight = source.get(f"{prefix}embeddings.patch_embedding.weight")
     patch_bias = source.optional(f"{prefix}embeddings.patch_embedding.bias")
-    cfg = _vision_config(
-        vision, n_layers=n_layers, default_act="gelu_pytorch_tanh", default_eps=1e-6, default_patch=16, name=name,
+    naflex = patch_weight.ndim == 2
+    family: dict = {}
+    if naflex:
+        patch = int(vision.get("patch_size", 16))
+        channels = int(vision.get("num_channels", 3))
+        patch_weight = patch_weight.reshape(patch_weight.shape[0], patch, patch, channels).permute(0, 3, 1, 2)
+        side = math.isqrt(int(vision.get("num_patches", 256)))
+        family = dict(image_size=side * patch, naflex=True, interpolate_pos_embed=True, interpolate_mode="bilinear",
+                      interpolate_antialias=True)
+    cfg = vision_config(
+        {**vision, **({"image_size": family.pop("image_size")} if naflex else {})},
+        n_layers=n_layers, default_act="gelu_pytorch_tanh", default_eps=1e-6, default_patch=16, name=name,
         architecture=architecture,
         patch_bias=patch_bias is not None,
         has_cls_token=False,
         pos_embed_prefix=0,
         # Without its attention-pooling head a SigLIP tower has no pooled output; the patch mean stands in.
         pool_type="map" if use_head else "mean",
+        **family,
     )
     blocks = [_clip_style_block(source, f"{prefix}encoder.layers.{layer}.") for layer in range(n_layers)]
     map_pool = None
@@ -185,7 +179,7 @@ def _load_siglip(source, prefix, vision, architecture, name):
         map_pool = {"probe": source.get(f"{h}probe"), "block": head_block}
     state = assemble_state_dict(
         cfg,
-        patch_weight=source.get(f"{prefix}embeddings.patch_embedding.weight"),
+        patch_weight=patch_weight,
         patch_bias=patch_bias,
         cls_token=None,
         register_tokens=None,
@@ -218,7 +212,7 @@ def _load_vit_like(source, prefix, vision, family, model_type, architecture, nam
         )
     elif pooler is not None:
         head_type, head_weight, head_bias = "linear_tanh", pooler, source.optional(f"{prefix}pooler.dense.bias")
-    cfg = _vision_config(
+    cfg = vision_config(
         vision, n_layers=n_layers, default_act="gelu", default_eps=1e-6 if is_dinov2 else 1e-12, default_patch=16,
         name=name, architecture=architecture, d_mlp=d_mlp,
         mlp_type="swiglu" if swiglu else "standard",
@@ -235,7 +229,7 @@ def _load_vit_like(source, prefix, vision, family, model_type, architecture, nam
     blocks = []
     for layer in range(n_layers):
         p = f"{prefix}encoder.layer.{layer}."
-        attn = _attention_block(
+        attn = attention_tensors(
             source, p, "attention.", {"q": "attention.query", "k": "attention.key", "v": "attention.value", "o": "output.dense"}
         )
         mlp = _vit_like_mlp(source, p, is_dinov2, swiglu)

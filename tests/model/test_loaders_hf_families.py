@@ -1,0 +1,247 @@
+"""The newer transformers families (DINOv3, SigLIP 2 NaFlex, MetaCLIP 2, AIMv2) load exactly, and every hook
+of every family fires once per forward and changes the output when edited."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from vit_sae_hooks import SAE, HookedViT, SAEConfig
+from vit_sae_hooks.errors import CheckpointFormatError, InputShapeError
+from vit_sae_hooks.tokens import TokenSelection
+
+from helpers import randomise_defaults
+
+TOLERANCE = 1e-4
+BASE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64,
+            max_position_embeddings=8)
+
+
+def _dinov3(**overrides):
+    config = dict(BASE, hidden_size=48, intermediate_size=96, image_size=32, patch_size=8, num_register_tokens=2,
+                  layerscale_value=0.5, use_gated_mlp=True, hidden_act="silu", key_bias=False)
+    return transformers.DINOv3ViTModel(transformers.DINOv3ViTConfig(**{**config, **overrides}))
+
+
+def _aimv2(**overrides):
+    config = dict(BASE, image_size=32, patch_size=8, qkv_bias=True, mlp_bias=True)
+    return transformers.Aimv2VisionModel(transformers.Aimv2VisionConfig(**{**config, **overrides}))
+
+
+def _aimv2_dual():
+    vision = dict(BASE, image_size=32, patch_size=8)
+    config = transformers.Aimv2Config(vision_config=vision, text_config=TEXT, projection_dim=24)
+    return transformers.Aimv2Model(config)
+
+
+def _metaclip2():
+    config = transformers.MetaClip2VisionConfig(**BASE, image_size=32, patch_size=8, projection_dim=24, hidden_act="gelu")
+    return transformers.MetaClip2VisionModelWithProjection(config)
+
+
+def _metaclip2_dual():
+    vision = dict(BASE, image_size=32, patch_size=8)
+    return transformers.MetaClip2Model(transformers.MetaClip2Config(vision_config=vision, text_config=TEXT, projection_dim=24))
+
+
+def _siglip2():
+    return transformers.Siglip2VisionModel(transformers.Siglip2VisionConfig(**BASE, patch_size=4, num_patches=16))
+
+
+def _pooled(model, x):
+    return model(pixel_values=x).pooler_output
+
+
+def _image_features(model, x):
+    return model.get_image_features(pixel_values=x).pooler_output
+
+
+# name -> (builder, HF's final output, image sizes to test: native first)
+FAMILIES = {
+    "dinov3_gated_registers": (_dinov3, _pooled, [(32, 32), (48, 24)]),
+    "dinov3_plain": (
+        lambda: _dinov3(use_gated_mlp=False, hidden_act="gelu", num_register_tokens=0), _pooled, [(32, 32), (24, 40)]
+    ),
+    "metaclip2_projection": (_metaclip2, lambda m, x: m(pixel_values=x).image_embeds, [(32, 32)]),
+    "metaclip2_model": (_metaclip2_dual, _image_features, [(32, 32)]),
+    "aimv2_biases": (_aimv2, _pooled, [(32, 32)]),
+    "aimv2_no_biases": (lambda: _aimv2(qkv_bias=False, mlp_bias=False), _pooled, [(32, 32)]),
+    "aimv2_native": (lambda: _aimv2(is_native=True), _pooled, [(32, 32), (48, 24)]),
+    "aimv2_model": (_aimv2_dual, _image_features, [(32, 32)]),
+    "siglip2_naflex": (_siglip2, None, [(16, 16), (32, 12), (8, 20)]),
+}
+
+
+def naflex(images: torch.Tensor, patch: int, max_patches: int | None = None):
+    """What Siglip2ImageProcessor produces for already-resized, normalised images: patches in (row, column,
+    channel) order, zero-padded to ``max_patches`` rows, with the mask and each image's patch grid."""
+    batch, channels, height, width = images.shape
+    rows, columns = height // patch, width // patch
+    patches = images.reshape(batch, channels, rows, patch, columns, patch).permute(0, 2, 4, 3, 5, 1)
+    patches = patches.reshape(batch, rows * columns, patch * patch * channels)
+    length = max_patches or rows * columns
+    padded = torch.zeros(batch, length, patches.shape[-1])
+    padded[:, : rows * columns] = patches
+    mask = torch.zeros(batch, length, dtype=torch.long)
+    mask[:, : rows * columns] = 1
+    return padded, mask, torch.tensor([[rows, columns]] * batch)
+
+
+def _hf_forward(name, hf_model, images):
+    if name.startswith("siglip2"):
+        pixel_values, mask, shapes = naflex(images, hf_model.config.patch_size)
+        out = hf_model(pixel_values=pixel_values, pixel_attention_mask=mask, spatial_shapes=shapes, output_hidden_states=True)
+        return out.hidden_states, out.pooler_output
+    tower = getattr(hf_model, "vision_model", hf_model)
+    hidden_states = tower(pixel_values=images, output_hidden_states=True).hidden_states
+    return hidden_states, FAMILIES[name][1](hf_model, images)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    models = {}
+    for index, (name, (build, _, _)) in enumerate(FAMILIES.items()):
+        torch.manual_seed(index)
+        hf_model = randomise_defaults(build(), seed=index).eval()
+        folder = tmp_path_factory.mktemp(name)
+        hf_model.save_pretrained(folder)
+        models[name] = (hf_model, folder)
+    return models
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_every_block_and_the_output_match_transformers(name, saved):
+    hf_model, folder = saved[name]
+    model = HookedViT.from_pretrained(folder)
+    for height, width in FAMILIES[name][2]:
+        images = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(height * width))
+        with torch.no_grad():
+            hidden_states, expected = _hf_forward(name, hf_model, images)
+        output, cache = model.run_with_cache(images, names_filter=lambda hook: hook.endswith("hook_resid_post"))
+        assert len(hidden_states) == model.cfg.n_layers + 1
+        for layer in range(model.cfg.n_layers):
+            ours = cache[f"blocks.{layer}.hook_resid_post"]
+            torch.testing.assert_close(ours, hidden_states[layer + 1], atol=TOLERANCE, rtol=0)
+        torch.testing.assert_close(output, expected, atol=TOLERANCE, rtol=0)
+
+
+def test_siglip2_takes_the_processors_naflex_inputs_and_padding_changes_nothing(saved):
+    hf_model, folder = saved["siglip2_naflex"]
+    model = HookedViT.from_pretrained(folder)
+    square, tall = torch.randn(1, 3, 16, 16), torch.randn(1, 3, 32, 12)
+    parts = [naflex(images, 4, max_patches=40) for images in (square, tall)]
+    pixel_values, mask, shapes = (torch.cat(part) for part in zip(*parts, strict=True))
+    with torch.no_grad():
+        expected = hf_model(
+            pixel_values=pixel_values, pixel_attention_mask=mask, spatial_shapes=shapes, output_hidden_states=True
+        )
+    output, cache = model.run_with_cache(pixel_values, pixel_attention_mask=mask, spatial_shapes=shapes)
+    torch.testing.assert_close(output, expected.pooler_output, atol=TOLERANCE, rtol=0)
+    for image, alone in enumerate((square, tall)):
+        valid = int(mask[image].sum())
+        ours = cache["blocks.1.hook_resid_post"][image, :valid]
+        torch.testing.assert_close(ours, expected.hidden_states[2][image, :valid], atol=TOLERANCE, rtol=0)
+        # A padded batch gives each image exactly what it gets alone.
+        torch.testing.assert_close(output[image], model(alone)[0], atol=TOLERANCE, rtol=0)
+
+
+def test_padding_belongs_to_no_token_set_and_is_never_spliced(saved):
+    _, folder = saved["siglip2_naflex"]
+    model = HookedViT.from_pretrained(folder)
+    first, second = naflex(torch.randn(1, 3, 16, 16), 4, 40), naflex(torch.randn(1, 3, 8, 20), 4, 40)
+    pixel_values, mask, shapes = (torch.cat(part) for part in zip(first, second, strict=True))
+    model(pixel_values, pixel_attention_mask=mask, spatial_shapes=shapes)
+    for spec in ("all", "patches", [0, 5, 39]):
+        selection = TokenSelection.resolve(spec, 40, model.token_layout)
+        assert not bool((selection.mask(2) & ~mask.bool()).any()), spec
+    assert int(TokenSelection.resolve("all", 40, model.token_layout).mask(2).sum()) == 16 + 10
+    sae = SAE(SAEConfig(d_in=32, d_sae=64, architecture="topk", k=4, hook_name="blocks.0.hook_resid_post"))
+    _, cache = model.run_with_cache(pixel_values, pixel_attention_mask=mask, spatial_shapes=shapes)
+    with model.saes([sae]):
+        _, spliced = model.run_with_cache(pixel_values, pixel_attention_mask=mask, spatial_shapes=shapes)
+    padding = ~mask.bool()
+    assert torch.equal(spliced["blocks.0.hook_resid_post"][padding], cache["blocks.0.hook_resid_post"][padding])
+    assert not torch.equal(spliced["blocks.0.hook_resid_post"][~padding], cache["blocks.0.hook_resid_post"][~padding])
+
+
+@pytest.mark.parametrize("name", ["dinov3_gated_registers", "aimv2_model", "siglip2_naflex", "metaclip2_projection"])
+def test_every_hook_fires_once_and_every_edit_changes_the_output(name, saved):
+    model = HookedViT.from_pretrained(saved[name][1])
+    height, width = FAMILIES[name][2][0]
+    images = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+    names = sorted(model.hook_dict)
+    fired: dict[str, int] = dict.fromkeys(names, 0)
+
+    def count(activation, hook):
+        fired[hook.name] += 1
+
+    with torch.no_grad():
+        clean = model.run_with_hooks(images, fwd_hooks=[(hook_name, count) for hook_name in names])
+    assert all(times == 1 for times in fired.values()), {n: t for n, t in fired.items() if t != 1}
+
+    def nudge(activation, hook):
+        noise = torch.randn(activation.shape, generator=torch.Generator().manual_seed(1)).to(activation.dtype)
+        # Large enough to move even a near-uniform attention pattern of a tiny random model.
+        return activation + noise * (activation.abs().mean() + 1)
+
+    for hook_name in names:
+        with torch.no_grad():
+            edited = model.run_with_hooks(images, fwd_hooks=[(hook_name, nudge)])
+        assert not torch.allclose(edited, clean, atol=1e-6), f"editing {hook_name} did not change the output"
+
+
+def test_rotary_models_hook_rotated_queries_and_have_no_position_table(saved):
+    model = HookedViT.from_pretrained(saved["dinov3_gated_registers"][1])
+    assert "hook_pos_embed" not in model.hook_dict and "blocks.0.attn.hook_rot_q" in model.hook_dict
+    assert model.cfg.n_register_tokens == 2 and model.cfg.positional_embedding_type == "rotary"
+    _, cache = model.run_with_cache(torch.randn(1, 3, 32, 32), names_filter=lambda n: n.startswith("blocks.0.attn.hook_"))
+    prefix = model.cfg.n_prefix_tokens
+    # CLS and registers are not rotated; patches are.
+    torch.testing.assert_close(cache["blocks.0.attn.hook_rot_q"][:, :prefix], cache["blocks.0.attn.hook_q"][:, :prefix])
+    assert not torch.allclose(cache["blocks.0.attn.hook_rot_q"][:, prefix:], cache["blocks.0.attn.hook_q"][:, prefix:])
+
+
+def test_unknown_model_types_name_what_was_found_and_what_is_supported(tmp_path):
+    config = transformers.BeitConfig(**BASE, image_size=32, patch_size=8)
+    transformers.BeitModel(config).save_pretrained(tmp_path)
+    with pytest.raises(CheckpointFormatError, match=r"model_type='beit' \(BeitModel\).*supported model types: .*dinov3_vit"):
+        HookedViT.from_pretrained(tmp_path)
+
+
+def test_naflex_inputs_are_checked(saved):
+    model = HookedViT.from_pretrained(saved["siglip2_naflex"][1])
+    pixel_values, mask, shapes = naflex(torch.randn(1, 3, 16, 16), 4, 20)
+    with pytest.raises(InputShapeError, match="do not match pixel_attention_mask"):
+        model(pixel_values, pixel_attention_mask=mask, spatial_shapes=torch.tensor([[2, 2]]))
+    with pytest.raises(InputShapeError, match="need both"):
+        model(pixel_values, pixel_attention_mask=mask)
+    dino = HookedViT.from_pretrained(saved["dinov3_plain"][1])
+    with pytest.raises(InputShapeError, match="SigLIP 2 NaFlex inputs"):
+        dino(pixel_values, pixel_attention_mask=mask, spatial_shapes=shapes)
+
+
+@pytest.mark.parametrize("name", ["dinov3_gated_registers", "aimv2_model", "siglip2_naflex", "metaclip2_model"])
+def test_saes_splice_evaluate_and_train_on_every_family(name, saved):
+    from vit_sae_hooks.evals import evaluate
+    from vit_sae_hooks.training import ImageActivations, TrainConfig, train_sae
+
+    model = HookedViT.from_pretrained(saved[name][1]).eval()
+    height, width = FAMILIES[name][2][0]
+    images = torch.randn(8, 3, height, width, generator=torch.Generator().manual_seed(5))
+    hook = "blocks.0.hook_resid_post"  # an edit there reaches the pooled output through the last block
+    tokens = "patches" if model.cfg.n_prefix_tokens else "all"
+    data = ImageActivations(model, hook, list(images), token_set=tokens, images_per_block=8, batch_size=4)
+    config = TrainConfig(k=4, d_sae=64, batch_size=16, tokens_budget=64, init_tokens=32, warmup_steps=0, log_every=1)
+    sae = train_sae(data, config, progress=False)
+    assert sae.hook_name == hook and sae.token_set == tokens
+    clean = model(images)
+    with torch.no_grad():
+        spliced = model.run_with_saes(images, saes=[sae], use_error_term=True)
+        replaced = model.run_with_saes(images, saes=[sae])
+    torch.testing.assert_close(spliced, clean, atol=1e-5, rtol=0)
+    assert not torch.allclose(replaced, clean)
+    result = evaluate(model, sae, images, head=None, batch_size=4, progress=False)
+    n_tokens = 8 * (model.cfg.n_ctx - model.cfg.n_prefix_tokens if tokens == "patches" else model.cfg.n_ctx)
+    assert result.n_tokens == n_tokens and 0 < result.metrics["avg_l0"] <= 4
