@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
 import torch
+
+if not torch.cuda.is_available():
+    # Before anything imports triton (TransformerLens 3 does, through transformers): triton.jit reads this when
+    # it decorates, and without a GPU the Triton kernels can only run in the interpreter.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
 
 
 @pytest.fixture

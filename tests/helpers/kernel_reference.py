@@ -64,11 +64,18 @@ def assert_topk_matches(
     torch.testing.assert_close(values.double(), expected_values, atol=atol, rtol=0)
 
 
-def assert_close_scaled(actual: Tensor | None, expected: Tensor, tolerance: float, name: str) -> None:
-    """``|actual - expected| <= tolerance * max|expected|`` elementwise (errors scale with the largest term)."""
+def assert_close_scaled(
+    actual: Tensor | None, expected: Tensor, tolerance: float, name: str, scale: float | None = None
+) -> None:
+    """``|actual - expected| <= tolerance * scale`` elementwise; ``scale`` defaults to ``max|expected|``.
+
+    A sum whose terms cancel has rounding errors of the size of its terms, not of the sum: pass the largest
+    sum of absolute terms as ``scale`` for such results (gradients summed over many rows).
+    """
     assert actual is not None, f"{name}: no gradient"
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    scale = float(expected.detach().abs().max()) if expected.numel() else 1.0
+    if scale is None:
+        scale = float(expected.detach().abs().max()) if expected.numel() else 1.0
     torch.testing.assert_close(
         actual.double(), expected.double(), atol=tolerance * max(scale, 1e-12), rtol=0, msg=lambda m: f"{name}: {m}"
     )
@@ -109,10 +116,22 @@ def check_encode_decode(
     dense_acts = torch.zeros(n, d_sae, dtype=torch.float64).scatter(1, indices, chosen)
     ref_recon = dense_acts @ ref_leaves[3] + ref_leaves[4]
     assert_close_scaled(recon.detach(), ref_recon.detach(), 4 * tolerance, "reconstruction")
+    ref_pre.retain_grad()
     ((ref_recon * grad_recon.double()).sum() + (chosen * grad_values.double()).sum()).backward()
+    # Each gradient is a sum of products; its rounding error scales with the sum of their absolute values.
+    pre_grad, upstream = ref_pre.grad.abs(), grad_recon.double().abs()
+    scales = {
+        "x": pre_grad @ ref_leaves[1].detach().abs().T,
+        "W_enc": ref_leaves[0].detach().abs().T @ pre_grad,
+        "b_enc": pre_grad.sum(0),
+        "W_dec": dense_acts.detach().abs().T @ upstream,
+        "b_dec": upstream.sum(0),
+    }
     names = ["x", "W_enc", "b_enc", "W_dec", "b_dec"]
     for name, ours, ref in zip(names, leaves, ref_leaves, strict=True):
         if ours is None:
             continue
         assert ours.grad is not None and ours.grad.dtype == dtype, name
-        assert_close_scaled(ours.grad, ref.grad, 4 * tolerance, name)
+        largest = [float(tensor.abs().max()) for tensor in (scales[name], ref.grad) if tensor.numel()]
+        scale = max(largest, default=1.0)
+        assert_close_scaled(ours.grad, ref.grad, 4 * tolerance, name, scale)

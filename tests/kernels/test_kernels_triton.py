@@ -7,15 +7,11 @@ cover several latent blocks, ragged tails, k = d_sae, missing biases and every d
 from __future__ import annotations
 
 import functools
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    # Must happen before triton is imported anywhere: triton.jit reads it when decorating.
-    os.environ["TRITON_INTERPRET"] = "1"
-
+# tests/conftest.py sets TRITON_INTERPRET=1 without a GPU, before triton is imported anywhere.
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]'); Triton kernels untested")
 
 from hypothesis import given, settings

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vit_sae_hooks.errors import CheckpointFormatError
+from vit_sae_hooks.errors import CheckpointFormatError, ConfigError
 from vit_sae_hooks.sae import SAE, SAEConfig
 from vit_sae_hooks.sae.formats import sparsify
 
@@ -49,14 +49,29 @@ ROUND_TRIP_CONFIGS = [
 @pytest.mark.parametrize("config", ROUND_TRIP_CONFIGS, ids=lambda c: f"{c.architecture}-{c.normalize_activations}-{c.dtype}")
 def test_save_then_load_is_exact(config: SAEConfig, tmp_path: Path) -> None:
     sae = random_parameters(SAE(config), seed=1)
-    sae.save(tmp_path / "sae")
+    lossy = not config.topk_apply_relu  # SAELens cannot express it; the save needs consent, our reload is exact
+    sae.save(tmp_path / "sae", allow_lossy=lossy)
     loaded = SAE.load(tmp_path / "sae")
+    x = torch.randn(3, 6, dtype=sae.W_enc.dtype)
+    if config.normalize_activations == "scaling_factor":
+        # Folded into the weights as SAELens does: a plain SAE computing the same outputs.
+        assert loaded.cfg.normalize_activations == "none" and loaded.cfg.scaling_factor is None
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), sae(x))
+            torch.testing.assert_close(loaded.encode(x), sae.encode(x))
+        return
     assert loaded.cfg == sae.cfg
     for name, tensor in sae.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
-    x = torch.randn(3, 6, dtype=sae.W_enc.dtype)
     with torch.no_grad():
         assert torch.equal(loaded(x), sae(x))
+
+
+def test_saving_what_saelens_computes_differently_needs_consent(tmp_path: Path) -> None:
+    sae = SAE(SAEConfig(d_in=6, d_sae=10, architecture="topk", k=3, topk_apply_relu=False))
+    with pytest.raises(ConfigError, match=r"TopK SAE without ReLU.*allow_lossy=True"):
+        sae.save(tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
 
 
 def test_save_records_the_dtype_the_parameters_have_now(tmp_path: Path) -> None:
@@ -85,7 +100,8 @@ def test_saved_config_is_saelens_6_layout(tmp_path: Path) -> None:
 )
 def test_peer_checkpoint_resaved_in_our_layout_keeps_its_outputs(folder: str, tmp_path: Path) -> None:
     original = SAE.load(FIXTURES / folder)
-    original.save(tmp_path)
+    # clipscope's TopK has no ReLU, which SAELens cannot express: saving it in SAELens layout needs consent.
+    original.save(tmp_path, allow_lossy=folder.startswith("clipscope"))
     resaved = SAE.load(tmp_path)
     assert resaved.cfg == original.cfg
     key = "reconstruction" if folder.startswith("clipscope") else "output"

@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def held_out_quality(model: HookedViT, sae: SAE, n_images: int = 1000) -> dict[s
     }
 
 
-def build(folder: str | Path = ASSETS / "shapes-vit", classifier_steps: int = 2000, progress: bool = True) -> BuildReport:
+def build(folder: str | os.PathLike = ASSETS / "shapes-vit", classifier_steps: int = 2000, progress: bool = True) -> BuildReport:
     """Train the shapes ViT and its SAE from scratch, check the quality bars, and save both under ``folder``."""
     folder = Path(folder)
     model = train_classifier(steps=classifier_steps, progress=progress)

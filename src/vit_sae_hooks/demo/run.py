@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ def _class_accuracy(logits: Tensor, labels: Tensor, class_id: int) -> float:
 
 
 @torch.no_grad()
-def run_demo(out: str | Path | None = "vit-sae-demo", n_images: int = 1000, figures: bool = True) -> DemoReport:
+def run_demo(out: str | os.PathLike | None = "vit-sae-demo", n_images: int = 1000, figures: bool = True) -> DemoReport:
     """Run every step of the demo on ``n_images`` held-out shape images and return what it measured.
 
     Example:

@@ -9,6 +9,11 @@ naive loop. The number of positions comes from the activations themselves (Trans
 Example:
     >>> logit_diff = lambda out: (out[:, 3] - out[:, 5]).mean()
     >>> effects = patching.resid(model, clean_images, corrupted_images, logit_diff)  # [n_layers, n_pos]
+
+The patch kinds of TransformerLens's ``get_act_patch_*``: the residual stream before, between and after the
+sublayers, attention and MLP outputs per (layer, token) (:func:`per_position`); each head's output, queries,
+keys, values or pattern at every token (:func:`heads`) and each head's output, queries, keys or values at one
+token (:func:`heads_by_position`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from vit_sae_hooks.tokens import TokenSelection, TokenSpec
 Metric = Callable[[Tensor], Tensor]
 
 PER_POSITION_ACTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
-PER_HEAD_ACTS = ("z", "q", "k", "v")
+PER_HEAD_ACTS = ("z", "q", "k", "v", "pattern")
+PER_HEAD_POSITION_ACTS = ("z", "q", "k", "v")
 
 
 def _check_pair(clean: Tensor, corrupted: Tensor) -> None:
@@ -132,22 +138,58 @@ def heads(
     layers: Sequence[int] | None = None,
     max_batch: int = 256,
 ) -> Float[Tensor, "n_layers n_heads"]:
-    """The metric on the corrupted images when one head's ``act`` (``z``, ``q``, ``k``, ``v``) is patched at every token.
+    """The metric on the corrupted images when one head's ``act`` (``z`` = the head's output, ``q``, ``k``,
+    ``v`` or its attention ``pattern``) is patched from the clean images at every token.
 
     Example:
         >>> effects = heads(model, clean, corrupted, metric)  # [n_layers, n_heads]
     """
     if act not in PER_HEAD_ACTS:
         raise ConfigError(f"act={act!r} is not one of {PER_HEAD_ACTS}")
+    # Patterns are [batch, head, query, key]; the others [batch, pos, head, d].
+    head_axis = 1 if act == "pattern" else 2
 
     def patch(grouped: Tensor, clean_act: Tensor, variant_ids: Tensor) -> Tensor:
-        one_hot = torch.nn.functional.one_hot(variant_ids, clean_act.shape[2]).bool()  # [variants, head]
-        return torch.where(one_hot[:, None, None, :, None], clean_act[None], grouped)
+        one_hot = torch.nn.functional.one_hot(variant_ids, clean_act.shape[head_axis]).bool()  # [variants, head]
+        shape = [len(variant_ids)] + [1] * clean_act.ndim
+        shape[1 + head_axis] = clean_act.shape[head_axis]
+        return torch.where(one_hot.view(shape), clean_act[None], grouped)
 
     return _patch_sweep(
-        model, clean_images, corrupted_images, metric, f"attn.hook_{act}", layers, lambda a: a.shape[2], patch,
+        model, clean_images, corrupted_images, metric, f"attn.hook_{act}", layers, lambda a: a.shape[head_axis], patch,
         max_batch,
     )
+
+
+def heads_by_position(
+    model,
+    clean_images: Float[Tensor, "batch channels height width"],
+    corrupted_images: Float[Tensor, "batch channels height width"],
+    metric: Metric,
+    act: str = "z",
+    layers: Sequence[int] | None = None,
+    max_batch: int = 256,
+) -> Float[Tensor, "n_layers n_pos n_heads"]:
+    """The metric on the corrupted images when one head's ``act`` (``z``, ``q``, ``k``, ``v``) is patched from
+    the clean images at one token.
+
+    Example:
+        >>> effects = heads_by_position(model, clean, corrupted, metric)  # [n_layers, pos, n_heads]
+    """
+    if act not in PER_HEAD_POSITION_ACTS:
+        raise ConfigError(f"act={act!r} is not one of {PER_HEAD_POSITION_ACTS}")
+    n_heads = model.cfg.n_heads
+
+    def patch(grouped: Tensor, clean_act: Tensor, variant_ids: Tensor) -> Tensor:
+        n_pos = clean_act.shape[1]
+        one_hot = torch.nn.functional.one_hot(variant_ids, n_pos * n_heads).bool().view(-1, n_pos, n_heads)
+        return torch.where(one_hot[:, None, :, :, None], clean_act[None], grouped)
+
+    effects = _patch_sweep(
+        model, clean_images, corrupted_images, metric, f"attn.hook_{act}", layers, lambda a: a.shape[1] * n_heads,
+        patch, max_batch,
+    )
+    return effects.unflatten(1, (-1, n_heads))
 
 
 @dataclass

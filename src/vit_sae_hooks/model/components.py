@@ -20,6 +20,14 @@ from vit_sae_hooks.model.config import HookedViTConfig
 from vit_sae_hooks.tokens import TokenLayout
 
 
+def sync_hook_point(module: nn.Module, name: str, wanted: bool) -> None:
+    """Give ``module`` a HookPoint called ``name`` when ``wanted`` and none otherwise (for optional hooks)."""
+    if wanted and not hasattr(module, name):
+        setattr(module, name, HookPoint())
+    elif not wanted and hasattr(module, name):
+        delattr(module, name)
+
+
 @dataclass
 class ForwardContext:
     """What every block of one forward pass shares: the token layout, the rotary tables, the key mask.
@@ -154,7 +162,10 @@ class Attention(nn.Module):
     """Multi-head self-attention (or cross-attention from a query input) with per-head hooks.
 
     Uses ``scaled_dot_product_attention`` unless something is attached to ``hook_attn_scores`` or
-    ``hook_pattern`` (hooks or caching), in which case the scores are computed explicitly.
+    ``hook_pattern`` (hooks or caching), in which case the scores are computed explicitly. Inputs are
+    ``[batch, pos, d_model]``, or ``[batch, pos, head, d_model]`` (one copy per head, as TransformerLens's
+    ``use_split_qkv_input`` and ``use_attn_in`` give it). With ``cfg.use_attn_result`` each head's output
+    ``[batch, pos, head, d_model]`` passes ``hook_result`` before the heads are summed.
     """
 
     def __init__(self, cfg: HookedViTConfig, rotary: bool = True):
@@ -182,25 +193,32 @@ class Attention(nn.Module):
         self.hook_attn_scores = HookPoint()  # [batch, head, query, key]
         self.hook_pattern = HookPoint()  # [batch, head, query, key]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
-        if cfg.use_attn_result:
-            self.hook_result = HookPoint()  # [batch, pos, head, d_model]
+        self.sync_optional_hooks()
+
+    def sync_optional_hooks(self) -> None:
+        """Create or drop ``hook_result`` to follow ``cfg.use_attn_result``."""
+        sync_hook_point(self, "hook_result", self.cfg.use_attn_result)  # [batch, pos, head, d_model]
 
     def _project(self, x: Tensor, W: Tensor, b: Tensor) -> Tensor:
         n_heads, d_model, d_head = W.shape
+        if x.ndim == 4:  # one input per head
+            return torch.einsum("bphd,hde->bphe", x, W) + b
         # One GEMM over all heads; the [pos, head, d_head] view is free.
         flat = x @ W.permute(1, 0, 2).reshape(d_model, n_heads * d_head) + b.reshape(-1)
         return flat.unflatten(-1, (n_heads, d_head))
 
     def forward(
         self,
-        x: Float[Tensor, "batch pos d_model"],
+        x: Float[Tensor, "batch pos d_model"] | Float[Tensor, "batch pos head d_model"],
         kv_input: Float[Tensor, "batch kv_pos d_model"] | None = None,
         context: ForwardContext | None = None,
+        value_input: Float[Tensor, "batch kv_pos head d_model"] | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         kv_input = x if kv_input is None else kv_input
+        value_input = kv_input if value_input is None else value_input
         q = self.hook_q(self._project(x, self.W_Q, self.b_Q))
         k = self.hook_k(self._project(kv_input, self.W_K, self.b_K))
-        v = self.hook_v(self._project(kv_input, self.W_V, self.b_V))
+        v = self.hook_v(self._project(value_input, self.W_V, self.b_V))
         if self.rotates:
             q = self.hook_rot_q(self.rotary(q, context))
             k = self.hook_rot_k(self.rotary(k, context))
@@ -263,10 +281,17 @@ class MLP(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """One pre-LN block: ``resid_pre -> +attn(ln1) -> resid_mid -> +mlp(ln2) -> resid_post``."""
+    """One pre-LN block: ``resid_pre -> +attn(ln1) -> resid_mid -> +mlp(ln2) -> resid_post``.
+
+    TransformerLens's switches add hooks: ``use_attn_in`` (``hook_attn_in``, the residual stream copied per
+    head, read by queries, keys and values), ``use_split_qkv_input`` (``hook_q_input``, ``hook_k_input``,
+    ``hook_v_input``, one copy each) and ``use_hook_mlp_in`` (``hook_mlp_in``, the MLP's input before ``ln2``).
+    The per-head copies go through ``ln1`` per head, as in TransformerLens.
+    """
 
     def __init__(self, cfg: HookedViTConfig, block_index: int):
         super().__init__()
+        self.cfg = cfg
         self.block_index = block_index
         self.ln1 = make_norm(cfg, cfg.d_model, cfg.eps)
         self.attn = Attention(cfg)
@@ -277,14 +302,35 @@ class TransformerBlock(nn.Module):
         self.hook_resid_mid = HookPoint()
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
+        self.sync_optional_hooks()
+
+    def sync_optional_hooks(self) -> None:
+        """Create or drop the TransformerLens switch hooks to follow the config's flags."""
+        cfg = self.cfg
+        sync_hook_point(self, "hook_attn_in", cfg.use_attn_in)  # [batch, pos, head, d_model]
+        for name in ("hook_q_input", "hook_k_input", "hook_v_input"):
+            sync_hook_point(self, name, cfg.use_split_qkv_input)  # [batch, pos, head, d_model]
+        sync_hook_point(self, "hook_mlp_in", cfg.use_hook_mlp_in)  # [batch, pos, d_model]
 
     def forward(
         self, resid_pre: Float[Tensor, "batch pos d_model"], context: ForwardContext | None = None
     ) -> Float[Tensor, "batch pos d_model"]:
+        cfg = self.cfg
         resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.hook_attn_out(self.attn(self.ln1(resid_pre), context=context))
+        if cfg.use_split_qkv_input or cfg.use_attn_in:
+            per_head = resid_pre[:, :, None, :].expand(-1, -1, cfg.n_heads, -1)
+            if cfg.use_split_qkv_input:
+                inputs = [hook(per_head.clone()) for hook in (self.hook_q_input, self.hook_k_input, self.hook_v_input)]
+            else:
+                inputs = [self.hook_attn_in(per_head.clone())] * 3
+            query, key, value = (self.ln1(part) for part in inputs)
+            attn_out = self.attn(query, kv_input=key, value_input=value, context=context)
+        else:
+            attn_out = self.attn(self.ln1(resid_pre), context=context)
+        attn_out = self.hook_attn_out(attn_out)
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
-        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
+        mlp_in = self.hook_mlp_in(resid_mid.clone()) if cfg.use_hook_mlp_in else resid_mid
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_in)))
         return self.hook_resid_post(resid_mid + mlp_out)
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
+
+import torch
 
 from vit_sae_hooks.checks import config_from_dict, finite_number, is_int, non_negative_int, positive_int
 from vit_sae_hooks.errors import ConfigError
@@ -52,7 +55,8 @@ def _pair(name: str, value: int | tuple[int, int] | list[int]) -> tuple[int, int
 
 
 _BOOL_FIELDS = ("ln_pre", "ln_final", "final_ln_after_pool", "patch_bias", "has_cls_token", "interpolate_pos_embed",
-                "interpolate_antialias", "use_attn_result", "attn_only", "final_rms", "patch_norm", "naflex")
+                "interpolate_antialias", "use_attn_result", "attn_only", "final_rms", "patch_norm", "naflex",
+                "use_split_qkv_input", "use_attn_in", "use_hook_mlp_in", "parallel_attn_mlp")
 _TEXT_FIELDS = ("act_fn", "mlp_type", "pool_type", "head_type", "model_name", "original_architecture",
                 "normalization_type", "interpolate_mode", "positional_embedding_type")
 
@@ -61,9 +65,11 @@ _TEXT_FIELDS = ("act_fn", "mlp_type", "pool_type", "head_type", "model_name", "o
 class HookedViTConfig:
     """Everything that defines a :class:`~vit_sae_hooks.HookedViT`'s architecture.
 
-    The field names shared with TransformerLens (``n_layers``, ``d_model``, ``n_heads``,
-    ``d_head``, ``d_mlp``, ``normalization_type``, ``attn_only``, ``use_attn_result``) mean
-    what they mean there, so :class:`transformer_lens.ActivationCache` helpers work.
+    The field names shared with TransformerLens (``n_layers``, ``d_model``, ``n_heads``, ``d_head``,
+    ``d_mlp``, ``normalization_type``, ``attn_only``, ``use_attn_result``, ``use_split_qkv_input``,
+    ``use_attn_in``, ``use_hook_mlp_in``, ``n_key_value_heads``, ``positional_embedding_type``,
+    ``parallel_attn_mlp``) mean what they mean there, so TransformerLens's ``ActivationCache`` helpers and
+    patching functions work; ``device`` and ``dtype`` follow the model's parameters (they are not saved).
 
     Token layout: ``[CLS?, registers..., patches...]``. ``pos_embed_prefix`` says how many of
     the leading prefix tokens have a learned position embedding (CLS only: 1; none: 0).
@@ -113,6 +119,11 @@ class HookedViTConfig:
     head_type: str = "none"
     d_output: int | None = None
     use_attn_result: bool = False
+    use_split_qkv_input: bool = False
+    use_attn_in: bool = False
+    use_hook_mlp_in: bool = False
+    n_key_value_heads: int | None = None
+    parallel_attn_mlp: bool = False
     model_name: str = "custom"
     original_architecture: str = "custom"
     normalization_type: str = "LN"
@@ -184,8 +195,12 @@ class HookedViTConfig:
                 positive_int(name, getattr(self, name))
         if self.pos_embed_prefix is not None:
             non_negative_int("pos_embed_prefix", self.pos_embed_prefix)
+        if self.n_key_value_heads is not None:
+            raise ConfigError(f"n_key_value_heads={self.n_key_value_heads!r}: vision transformers here have no grouped-query "
+                              "attention; leave it None")
         finite_number("rotary_base", self.rotary_base, minimum=0, strictly=True)
-        for name in ("eps", "ln_pre_eps", "ln_final_eps"):
+        finite_number("eps", self.eps, minimum=0, strictly=True)
+        for name in ("ln_pre_eps", "ln_final_eps"):
             if getattr(self, name) is not None:
                 finite_number(name, getattr(self, name), minimum=0, strictly=True)
         for name in _BOOL_FIELDS:
@@ -196,6 +211,20 @@ class HookedViTConfig:
                 raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
         if not isinstance(self.extra, dict):
             raise ConfigError(f"extra must be a JSON object, got {self.extra!r}")
+
+    @property
+    def device(self) -> Any:
+        """The device of the model's parameters (as TransformerLens's tools expect), e.g. ``device('cpu')``."""
+        return self.__dict__.get("_device", torch.device("cpu"))
+
+    @property
+    def dtype(self) -> Any:
+        """The dtype of the model's parameters, e.g. ``torch.float32``."""
+        return self.__dict__.get("_dtype", torch.float32)
+
+    def follow_parameters(self, parameter: Any) -> None:
+        """Record ``parameter``'s device and dtype as the model's (called by the model whenever it moves)."""
+        self.__dict__["_device"], self.__dict__["_dtype"] = parameter.device, parameter.dtype
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -233,6 +262,6 @@ class HookedViTConfig:
             cls, data, required=("n_layers", "d_model", "n_heads", "d_mlp", "image_size", "patch_size"), source=source
         )
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write the config as JSON."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))

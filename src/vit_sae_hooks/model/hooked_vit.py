@@ -13,8 +13,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from vit_sae_hooks._tl import ActivationCache, HookedRootModule, HookPoint
-from vit_sae_hooks.errors import HookNameError, InputShapeError, unknown_hook_message
+from vit_sae_hooks._tl import REMOVES_BATCH_DIM_ON_2D, ActivationCache, HookedRootModule, HookPoint
+from vit_sae_hooks.errors import ConfigError, HookNameError, InputShapeError, unknown_hook_message
 from vit_sae_hooks.model import splice as splicing
 from vit_sae_hooks.model.components import Embed, ForwardContext, Head, Pool, TransformerBlock, make_norm
 from vit_sae_hooks.model.config import HookedViTConfig
@@ -25,6 +25,36 @@ if TYPE_CHECKING:
     from vit_sae_hooks.sae import SAE
 
 ReturnType = Literal["output", "pooled", "tokens"]
+
+
+class ViTActivationCache(ActivationCache):
+    """TransformerLens's ``ActivationCache``, with residual decompositions that sum to the residual stream
+    in models with a LayerNorm before the first block (CLIP's ``ln_pre``).
+
+    TransformerLens decomposes the stream into ``hook_embed + hook_pos_embed + attention and MLP outputs``;
+    with ``ln_pre`` the embedding terms are taken before that LayerNorm, so the sum misses the stream. Here the
+    ``"embed"`` term is the normalised embedding (``blocks.0.hook_resid_pre``, which must be cached) and
+    ``"pos_embed"`` is left out; without ``ln_pre`` nothing changes.
+
+    Example:
+        >>> _, cache = model.run_with_cache(images)
+        >>> cache.decompose_resid().sum(0)  # == cache["blocks.11.hook_resid_post"]
+    """
+
+    def _with_normalised_embedding(self) -> ActivationCache:
+        if not getattr(self.model.cfg, "ln_pre", False) or "blocks.0.hook_resid_pre" not in self.cache_dict:
+            return self
+        cache = {name: tensor for name, tensor in self.cache_dict.items() if name != "hook_pos_embed"}
+        cache["hook_embed"] = self.cache_dict["blocks.0.hook_resid_pre"]
+        return ActivationCache(cache, self.model, has_batch_dim=self.has_batch_dim)
+
+    def decompose_resid(self, *args: Any, **kwargs: Any) -> Any:
+        """``ActivationCache.decompose_resid`` with the embedding taken after ``ln_pre`` (see the class)."""
+        return ActivationCache.decompose_resid(self._with_normalised_embedding(), *args, **kwargs)
+
+    def get_full_resid_decomposition(self, *args: Any, **kwargs: Any) -> Any:
+        """``ActivationCache.get_full_resid_decomposition`` with the embedding taken after ``ln_pre``."""
+        return ActivationCache.get_full_resid_decomposition(self._with_normalised_embedding(), *args, **kwargs)
 HookSpec = str | Callable[[str], bool]
 
 
@@ -58,6 +88,7 @@ class HookedViT(HookedRootModule):
         self.head = Head(cfg) if cfg.head_type != "none" else None
         self.hook_output = HookPoint()  # [batch, d_output]: image embedding or logits
         self.setup()
+        cfg.follow_parameters(self.embed.W_patch)
         self.token_layout = TokenLayout.of(cfg)
         self._share_layout()
         self.acts_to_saes: dict[str, SAE] = {}
@@ -332,16 +363,97 @@ class HookedViT(HookedRootModule):
         if isinstance(names, (list, tuple)):
             for name in names:
                 self.check_hook_name(name)
-        output, cache_dict = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
+        remove_batch_dim = kwargs.pop("remove_batch_dim", False)
+        # TransformerLens before 4.0 cannot drop the batch axis of 2-D activations (hook_pooled); do it here.
+        drop_here = remove_batch_dim and not REMOVES_BATCH_DIM_ON_2D
+        output, cache_dict = super().run_with_cache(
+            *model_args, names_filter=names_filter, remove_batch_dim=remove_batch_dim and not drop_here, **kwargs
+        )
+        if drop_here:
+            if output is not None and output.shape[0] != 1:
+                raise InputShapeError(f"remove_batch_dim=True needs a batch of one image, got {output.shape[0]}")
+            cache_dict = {name: tensor[0] for name, tensor in cache_dict.items()}
         if return_cache_object:
-            return output, ActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
+            return output, ViTActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
         return output, cache_dict
+
+    # ------------------------------------------------------------------ TransformerLens conventions
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Compute each head's output separately and hook it (``attn.hook_result``), as TransformerLens does.
+
+        Example:
+            >>> model.set_use_attn_result(True); _, cache = model.run_with_cache(images)  # blocks.0.attn.hook_result
+        """
+        self._set_switch("use_attn_result", use_attn_result)
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """Give queries, keys and values their own per-head copy of the residual stream (``hook_q_input``, ...).
+
+        Example:
+            >>> model.set_use_split_qkv_input(True)  # blocks.L.hook_q_input [batch, pos, head, d_model]
+        """
+        if use_split_qkv_input and self.cfg.use_attn_in:
+            raise ConfigError("use_split_qkv_input and use_attn_in exclude each other; call set_use_attn_in(False) first")
+        self._set_switch("use_split_qkv_input", use_split_qkv_input)
+
+    def set_use_attn_in(self, use_attn_in: bool) -> None:
+        """Give attention one per-head copy of the residual stream, hooked as ``blocks.L.hook_attn_in``.
+
+        Example:
+            >>> model.set_use_attn_in(True)  # blocks.L.hook_attn_in [batch, pos, head, d_model]
+        """
+        if use_attn_in and self.cfg.use_split_qkv_input:
+            raise ConfigError("use_attn_in and use_split_qkv_input exclude each other; call set_use_split_qkv_input(False) first")
+        self._set_switch("use_attn_in", use_attn_in)
+
+    def set_use_hook_mlp_in(self, use_hook_mlp_in: bool) -> None:
+        """Hook the MLP's input before its LayerNorm, ``blocks.L.hook_mlp_in``, as TransformerLens does.
+
+        Example:
+            >>> model.set_use_hook_mlp_in(True)  # blocks.L.hook_mlp_in [batch, pos, d_model]
+        """
+        self._set_switch("use_hook_mlp_in", use_hook_mlp_in)
+
+    def _set_switch(self, name: str, value: bool) -> None:
+        setattr(self.cfg, name, bool(value))
+        for module in self.modules():
+            if module is not self and hasattr(module, "sync_optional_hooks"):
+                module.sync_optional_hooks()
+        self.setup()
+        self._share_layout()
+
+    def accumulated_bias(
+        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+    ) -> Float[Tensor, " d_model"]:
+        """The sum of the attention (and MLP) output biases of blocks ``0..layer-1`` (and of block ``layer``'s
+        attention with ``mlp_input``), as TransformerLens's ``get_full_resid_decomposition`` uses it.
+
+        Example:
+            >>> model.accumulated_bias(3, mlp_input=True).shape  # [d_model]
+        """
+        if not 0 <= layer <= self.cfg.n_layers or (mlp_input and layer == self.cfg.n_layers):
+            raise ValueError(f"layer={layer} is out of range for a model with {self.cfg.n_layers} blocks")
+        bias = torch.zeros(self.cfg.d_model, device=self.cfg.device, dtype=self.cfg.dtype)
+        for block in self.blocks[:layer]:
+            bias = bias + block.attn.b_O + (block.mlp.b_out if include_mlp_biases else 0)
+        if mlp_input:
+            bias = bias + self.blocks[layer].attn.b_O
+        return bias
+
+    def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> HookedViT:
+        # .to(), .cuda(), .half() and friends all pass here; keep cfg.device and cfg.dtype truthful.
+        module = super()._apply(fn, *args, **kwargs)
+        self.cfg.follow_parameters(self.embed.W_patch)
+        return module
 
     # ------------------------------------------------------------------ SAEs
     def add_sae(
         self, sae: SAE, hook_name: str | None = None, use_error_term: bool = False, tokens: TokenSpec = None
     ) -> None:
         """Splice ``sae`` in at ``hook_name`` (default: the hook it was trained on) until :meth:`reset_saes`.
+
+        ``sae`` is this library's :class:`~vit_sae_hooks.SAE` or a ``sae_lens.SAE`` (spliced as it is, its own
+        forward and hooks running).
 
         The hook's activation is replaced by the SAE's reconstruction on the SAE's tokens (its ``token_set``:
         all, CLS only or patches only) or on ``tokens`` ("all", "cls", "patches", a list of positions, a
@@ -387,9 +499,9 @@ class HookedViT(HookedRootModule):
         attached: list[tuple[str, SAE]] = []
         try:
             for sae in saes:
-                error_term = sae.use_error_term if use_error_term is None else use_error_term
-                self.add_sae(sae, use_error_term=error_term, tokens=tokens)
-                attached.append((sae.hook_name, sae))
+                error_term = splicing.spliceable(sae).use_error_term if use_error_term is None else use_error_term
+                splice = splicing.attach(self, sae, None, error_term, tokens)
+                attached.append((splice.hook_name, sae))
             yield self
         finally:
             # Only what this block attached, and only if the block did not already detach it itself.
@@ -492,7 +604,8 @@ class HookedViT(HookedRootModule):
             model = cls(cfg)
         check_state_dict(model.state_dict(), state_dict, origin)
         model.load_state_dict(state_dict, strict=True, assign=True)
-        return model.to(device=device, dtype=dtype)
+        # Inference mode, as transformers and TransformerLens load models (TransformerLens's patching refuses others).
+        return model.to(device=device, dtype=dtype).eval()
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write ``hooked_vit_config.json`` and ``model.safetensors`` that :meth:`from_pretrained` reads back.

@@ -19,13 +19,24 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from vit_sae_hooks._tl import add_hook_returning_handle
 from vit_sae_hooks.errors import ConfigError, HookNameError, InputShapeError
 from vit_sae_hooks.hook_names import activation_shape
+from vit_sae_hooks.sae.formats.saelens import SAELensView, is_saelens_sae
 from vit_sae_hooks.tokens import TokenLayout, TokenSelection, TokenSpec
 
 if TYPE_CHECKING:
     from vit_sae_hooks.model.hooked_vit import HookedViT
-    from vit_sae_hooks.sae import SAE
+
+
+def spliceable(sae: Any) -> Any:
+    """What splicing calls and reads: this library's SAE itself, or a view of a ``sae_lens.SAE``.
+
+    Example:
+        >>> spliceable(sae_lens_sae).hook_name
+        'blocks.9.hook_resid_post'
+    """
+    return SAELensView(sae) if is_saelens_sae(sae) else sae
 
 
 def sae_reads_heads(model: HookedViT, sae: Any, hook_name: str) -> tuple[bool, bool]:
@@ -55,7 +66,7 @@ def sae_reads_heads(model: HookedViT, sae: Any, hook_name: str) -> tuple[bool, b
 class Splice:
     """One SAE attached at one hook: the hook function that swaps in the reconstruction, and its bookkeeping."""
 
-    sae: SAE
+    sae: Any
     hook_name: str
     tokens: TokenSpec
     use_error_term: bool
@@ -92,12 +103,16 @@ class Splice:
             hook_point.ctx["n_pos"] = n_pos
 
 
-def attach(model: HookedViT, sae: SAE, hook_name: str | None, use_error_term: bool, tokens: TokenSpec) -> Splice:
-    """Attach ``sae`` to ``model`` (see :meth:`HookedViT.add_sae`).
+def attach(model: HookedViT, sae: Any, hook_name: str | None, use_error_term: bool, tokens: TokenSpec) -> Splice:
+    """Attach ``sae`` (this library's SAE or a ``sae_lens.SAE``) to ``model`` (see :meth:`HookedViT.add_sae`).
+
+    The SAE's HookPoints become submodules of the hook they are spliced at, so tools that walk modules
+    (nnsight) reach them under the same names as the model's ``hook_dict``.
 
     Example:
         >>> attach(model, sae, None, use_error_term=True, tokens=None)
     """
+    original, sae = sae, spliceable(sae)
     hook_name = hook_name or sae.hook_name
     if hook_name is None:
         raise ConfigError("this SAE records no hook_name; pass hook_name='blocks.L.hook_resid_post' (or similar)")
@@ -107,7 +122,7 @@ def attach(model: HookedViT, sae: SAE, hook_name: str | None, use_error_term: bo
             f"hook {hook_name!r} already has an SAE attached; call model.reset_saes([{hook_name!r}]) first"
         )
     for other in model.acts_to_saes.values():
-        if other is sae:
+        if other is original:
             raise ConfigError(
                 f"this SAE is already attached at {sae.hook_dict['hook_sae_input'].name.rsplit('.', 1)[0]!r}; "
                 "an SAE can be attached at one hook at a time (copy it with copy.deepcopy for a second hook)"
@@ -123,15 +138,17 @@ def attach(model: HookedViT, sae: SAE, hook_name: str | None, use_error_term: bo
         has_positions=has_positions, model=model, previous_use_error_term=sae.use_error_term,
     )
     sae.use_error_term = use_error_term
-    splice.handle = model.hook_dict[hook_name].add_hook(splice, dir="fwd", is_permanent=True, prepend=True)
+    target = model.hook_dict[hook_name]
+    splice.handle = add_hook_returning_handle(target, splice, is_permanent=True, prepend=True)
     for local_name, hook_point in sae.hook_dict.items():
         alias = f"{hook_name}.{local_name}"
         splice.sae_hook_handles[local_name] = (list(hook_point.fwd_hooks), list(hook_point.bwd_hooks))
         hook_point.name = alias
         hook_point.token_layout = model.token_layout
+        target.add_module(local_name, hook_point)
         model.hook_dict[alias] = hook_point
         model.mod_dict[alias] = hook_point
-    model.acts_to_saes[hook_name] = sae
+    model.acts_to_saes[hook_name] = original
     model._splices[hook_name] = splice
     return splice
 
@@ -149,6 +166,7 @@ def detach(model: HookedViT, hook_name: str) -> None:
         hook_point.fwd_hooks.remove(splice.handle)
     splice.handle.hook.remove()
     for local_name, sae_hook_point in splice.sae.hook_dict.items():
+        del hook_point._modules[local_name]
         before_fwd, before_bwd = splice.sae_hook_handles[local_name]
         for handles, before in ((sae_hook_point.fwd_hooks, before_fwd), (sae_hook_point.bwd_hooks, before_bwd)):
             for handle in [h for h in handles if h not in before]:

@@ -290,13 +290,14 @@ def get(name: str) -> PretrainedSAE:
     return entry
 
 
-def lookup(name: str) -> PretrainedSAE | None:
+def lookup(name: str | os.PathLike) -> PretrainedSAE | None:
     """The entry called ``name``; None when ``name`` is not in the registry's namespace (a hub id or a path).
 
     Example:
         >>> lookup("Prisma-Multimodal/some-repo") is None
         True
     """
+    name = os.fspath(name)
     if name in REGISTRY:
         return REGISTRY[name]
     if name.startswith(_NAME_PREFIXES) and not Path(name).exists():

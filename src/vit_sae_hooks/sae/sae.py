@@ -185,6 +185,11 @@ class SAE(HookedRootModule):
         return {}
 
     @classmethod
+    def saelens_difference(cls, cfg: SAEConfig) -> str | None:
+        """What SAELens would compute differently for an SAE with ``cfg`` (None when it computes the same)."""
+        return None
+
+    @classmethod
     def read_saelens_fields(cls, values: dict[str, Any], path: Path) -> dict[str, Any]:
         """The :class:`SAEConfig` fields this architecture reads from a SAELens ``cfg.json``."""
         return {}
@@ -438,7 +443,7 @@ class SAE(HookedRootModule):
     @classmethod
     def from_pretrained(
         cls,
-        name: str,
+        name: str | os.PathLike,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         revision: str | None = None,
@@ -452,6 +457,7 @@ class SAE(HookedRootModule):
         Example:
             >>> sae = SAE.from_pretrained("prisma/clip-b32/all-patches/resid_post/9")
         """
+        name = os.fspath(name)
         entry = pretrained.lookup(name)
         if entry is not None:
             location = entry.resolve(revision=revision, cache_dir=cache_dir)
@@ -462,10 +468,13 @@ class SAE(HookedRootModule):
             sae.cfg = entry.fill_metadata(sae.cfg)
         return sae
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, allow_lossy: bool = False) -> Path:
         """Write the SAE to the folder ``path`` in SAELens layout (``cfg.json`` + ``sae_weights.safetensors``).
 
-        Loading the folder back gives identical weights and config.
+        SAELens loads the folder and computes the same features; a fixed scaling factor is folded into the
+        weights (as SAELens does), so the reloaded SAE has ``normalize_activations="none"`` and the same outputs.
+        What SAELens cannot represent (a TopK SAE without ReLU) is refused with the reason, unless
+        ``allow_lossy=True`` (this library then still reads it back exactly).
 
         Example:
             >>> folder = sae.save("my_sae")
@@ -473,8 +482,39 @@ class SAE(HookedRootModule):
         folder = Path(path)
         # The parameters may have been cast with .to(dtype) since the config was made; record what is saved.
         config = replace(self.cfg, dtype=dtype_name(self.W_enc.dtype))
-        saelens.write(config, self.state_dict(), folder)
+        saelens.write(config, self.state_dict(), folder, allow_lossy=allow_lossy)
         return folder
+
+    def to_saelens(self, allow_lossy: bool = False) -> Any:
+        """This SAE as a ``sae_lens.SAE`` that computes the same features (needs the sae-lens package).
+
+        Refuses what SAELens cannot represent (see :meth:`save`) unless ``allow_lossy``.
+
+        Example:
+            >>> theirs = sae.to_saelens(); theirs.encode(x)  # == sae.encode(x)
+        """
+        try:
+            import sae_lens
+        except ImportError as error:
+            raise ConfigError("to_saelens needs the sae-lens package: pip install sae-lens") from error
+        config = replace(self.cfg, dtype=dtype_name(self.W_enc.dtype))
+        values, tensors = saelens.saelens_form(config, self.state_dict(), allow_lossy)
+        values["device"] = str(self.W_enc.device)
+        theirs = sae_lens.SAE.from_dict(values)
+        theirs.load_state_dict({name: tensor.to(self.W_enc.device) for name, tensor in tensors.items()})
+        return theirs
+
+    @classmethod
+    def from_saelens(cls, theirs: Any) -> SAE:
+        """The ``sae_lens.SAE`` ``theirs`` as this library's SAE, computing the same features.
+
+        Example:
+            >>> sae = SAE.from_saelens(sae_lens.SAE.load_from_disk("their_sae"))
+        """
+        if not saelens.is_saelens_sae(theirs):
+            raise ConfigError(f"from_saelens takes a sae_lens.SAE, got {type(theirs).__name__}")
+        checkpoint = saelens.parse(theirs.cfg.to_dict(), dict(theirs.state_dict()), f"the {type(theirs).__name__}")
+        return cls.from_state_dict(checkpoint.config, checkpoint.state_dict, device=theirs.W_enc.device)
 
     def extra_repr(self) -> str:
         cfg = self.cfg

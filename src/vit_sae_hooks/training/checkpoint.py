@@ -8,6 +8,7 @@ only then does ``OUT/checkpoints/latest`` (replaced the same way) name it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from vit_sae_hooks.errors import CheckpointFormatError
-from vit_sae_hooks.sae import SAE
+from vit_sae_hooks.sae import SAE, SAEConfig
 from vit_sae_hooks.sae.formats import saelens
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,9 @@ def write_checkpoint(out: Path, step: int, sae: SAE, state: dict[str, Any], keep
     staging = root / f"{_TEMP_PREFIX}{name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     sae.save(staging)
-    torch.save(state, staging / STATE_FILE)
+    # The SAELens folder may hold a transformed form (a scaling factor folded in); resuming needs the exact one.
+    exact = {"sae_config": json.dumps(sae.cfg.to_dict()), "sae_state": {k: v.detach().cpu() for k, v in sae.state_dict().items()}}
+    torch.save({**state, **exact}, staging / STATE_FILE)
     for file in staging.iterdir():
         _fsync(file)
     final = root / name
@@ -141,7 +144,6 @@ def read_checkpoint(folder: Path, device: torch.device | str | None = None) -> t
     Example:
         >>> sae, state = read_checkpoint(find_checkpoint("runs/l9"))
     """
-    sae = SAE.load(folder, device=device)
     try:
         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -151,4 +153,9 @@ def read_checkpoint(folder: Path, device: torch.device | str | None = None) -> t
         ) from error
     if not isinstance(state, dict) or "step" not in state:
         raise CheckpointFormatError(f"{folder / STATE_FILE} has no training step; it was not written by vit-sae train.")
+    if "sae_state" in state:
+        config = SAEConfig.from_dict(json.loads(state["sae_config"]), source=folder / STATE_FILE)
+        sae = SAE.from_state_dict(config, state["sae_state"], device=device)
+    else:
+        sae = SAE.load(folder, device=device)
     return sae, state

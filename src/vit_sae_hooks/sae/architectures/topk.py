@@ -106,6 +106,13 @@ class TopKSAE(SAE):
         return {"k": cfg.k, "rescale_acts_by_decoder_norm": False}
 
     @classmethod
+    def saelens_difference(cls, cfg: SAEConfig) -> str | None:
+        """SAELens's TopK applies ReLU to the kept values: a TopK without ReLU (clipscope's) is not expressible."""
+        if cfg.topk_apply_relu:
+            return None
+        return "it is a TopK SAE without ReLU (negative top-k values pass through), and SAELens's TopK applies ReLU"
+
+    @classmethod
     def read_saelens_fields(cls, values: dict[str, Any], path: Path) -> dict[str, Any]:
         """``k`` (SAELens 6) or ``activation_fn_kwargs.k`` (before 6)."""
         k = values.get("k")

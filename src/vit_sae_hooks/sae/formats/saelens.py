@@ -1,8 +1,9 @@
 """SAELens layout, read and written: ``cfg.json`` + ``sae_weights.safetensors``.
 
-This is also the layout :meth:`SAE.save` writes, so SAELens-based tooling can read our SAEs. Fields
-SAELens has no slot for (token set, ReLU-less TopK, a fixed scaling factor) go under
-``metadata.vit_sae_hooks``, which SAELens keeps as opaque metadata and this reader restores exactly.
+This is also the layout :meth:`SAE.save` writes, so SAELens reads our SAEs and computes the same features:
+a fixed scaling factor is folded into the weights, and an SAE SAELens cannot represent (a TopK without ReLU)
+is refused unless the caller accepts the loss. Fields SAELens has no slot for (the token set, the ReLU-less
+TopK flag) go under ``metadata.vit_sae_hooks``, which SAELens keeps as opaque metadata and this reader restores.
 
 Read: SAELens 6 (``metadata.hook_name``) and earlier configs (``hook_name`` / ``hook_point`` at top level,
 ``activation_fn_str`` + ``activation_fn_kwargs.k`` for TopK, boolean ``normalize_activations``), the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,27 +60,35 @@ def read(folder: Path) -> LoadedCheckpoint:
         >>> checkpoint = read(Path("tests/fixtures/saelens_topk"))
     """
     config_path = folder / CONFIG_FILE
-    values = read_json(config_path)
-    tensors = read_safetensors(folder / WEIGHTS_FILE)
+    return parse(read_json(config_path), read_safetensors(folder / WEIGHTS_FILE), config_path, folder / WEIGHTS_FILE)
+
+
+def parse(values: dict[str, Any], tensors: dict[str, Tensor], source: object, weights_source: object = None) -> LoadedCheckpoint:
+    """An SAE from SAELens's config values (``cfg.json``, or ``sae_lens.SAE.cfg.to_dict()``) and its tensors.
+
+    ``source`` names the config in error messages, ``weights_source`` the tensors (default: ``source``).
+
+    Example:
+        >>> checkpoint = parse(sae_lens_sae.cfg.to_dict(), sae_lens_sae.state_dict(), "the sae_lens.SAE")
+    """
     metadata = values.get("metadata") or {}
     if not isinstance(metadata, dict):
-        raise CheckpointFormatError(f"{config_path}: 'metadata' is {metadata!r}, expected an object.")
+        raise CheckpointFormatError(f"{source}: 'metadata' is {metadata!r}, expected an object.")
     extension = metadata.get(EXTENSION_KEY) or {}
-
-    architecture = _architecture(values, config_path)
+    architecture = _architecture(values, source)
     own = architecture_class(architecture)
     if values.get("reshape_activations", "none") not in ("none", None) or values.get("hook_head_index") is not None:
         raise ConfigError(
-            f"{config_path}: per-head (hook_z) SAEs are not supported by vit_sae_hooks; "
+            f"{source}: per-head (hook_z) SAEs are not supported by vit_sae_hooks; "
             "use an SAE trained on a full hook such as 'blocks.L.hook_resid_post'."
         )
-    normalization = _normalization(values.get("normalize_activations", "none"), extension, config_path)
+    normalization = _normalization(values.get("normalize_activations", "none"), extension, source)
     config = build_config(
-        config_path,
-        d_in=integer_entry(values, "d_in", config_path),
-        d_sae=integer_entry(values, "d_sae", config_path),
+        source,
+        d_in=integer_entry(values, "d_in", source),
+        d_sae=integer_entry(values, "d_sae", source),
         architecture=architecture,
-        **own.read_saelens_fields(values, config_path),
+        **own.read_saelens_fields(values, source),
         topk_apply_relu=bool(extension.get("topk_apply_relu", True)),
         apply_b_dec_to_input=bool(values.get("apply_b_dec_to_input", True)),
         normalize_activations=normalization,
@@ -86,31 +96,43 @@ def read(folder: Path) -> LoadedCheckpoint:
         hook_name=metadata.get("hook_name") or values.get("hook_name") or values.get("hook_point"),
         token_set=extension.get("token_set", "all"),
         model_name=metadata.get("model_name") or values.get("model_name"),
-        dtype=str(values.get("dtype") or "float32"),
+        dtype=str(values.get("dtype") or "float32").removeprefix("torch."),
     )
-    tensors = own.fold_saelens_weights(values, _fold_legacy_scaling(values, tensors, config_path), config_path)
-    return checked_checkpoint(config, tensors, folder / WEIGHTS_FILE)
+    tensors = own.fold_saelens_weights(values, _fold_legacy_scaling(values, tensors, source), source)
+    return checked_checkpoint(config, tensors, weights_source or source)
 
 
-def write(config: SAEConfig, state_dict: dict[str, Tensor], folder: Path) -> None:
-    """Write ``config`` and ``state_dict`` to ``folder`` as ``cfg.json`` + ``sae_weights.safetensors``.
+def saelens_form(
+    config: SAEConfig, state_dict: dict[str, Tensor], allow_lossy: bool = False
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The SAELens config values and tensors that compute what ``config`` and ``state_dict`` compute.
+
+    A fixed scaling factor is folded into the weights (``W_enc·s``, ``W_dec/s``, ``b_dec/s``), as SAELens
+    does when training ends, so SAELens gives the same outputs. What SAELens cannot express (a TopK SAE
+    without ReLU) raises a :class:`ConfigError` naming the difference, unless ``allow_lossy``: then it is
+    written anyway (SAELens will compute differently; this library reads it back exactly).
 
     Example:
-        >>> write(sae.cfg, sae.state_dict(), Path("my_sae"))
+        >>> values, tensors = saelens_form(sae.cfg, sae.state_dict())
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    extension: dict[str, Any] = {"token_set": config.token_set, "topk_apply_relu": config.topk_apply_relu}
-    normalization = config.normalize_activations
-    if normalization == "scaling_factor":
-        # SAELens folds this factor into the weights at the end of training and treats the name as a no-op
-        # at inference; keeping it unfolded makes our round trip bit-exact, at the cost of SAELens ignoring it.
-        logger.warning(
-            "SAELens ignores the fixed scaling factor %s of this SAE at inference; vit_sae_hooks restores it.",
-            config.scaling_factor,
-        )
-        extension["scaling_factor"] = config.scaling_factor
-        normalization = "expected_average_only_in"
     own = architecture_class(config.architecture)
+    difference = own.saelens_difference(config)
+    if difference is not None and not allow_lossy:
+        raise ConfigError(
+            f"SAELens cannot represent this SAE: {difference}. SAELens would load it without a word and compute "
+            "different features; pass allow_lossy=True to write it anyway (vit_sae_hooks reads it back exactly)."
+        )
+    if difference is not None:
+        logger.warning("writing an SAE SAELens will read differently: %s", difference)
+    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state_dict.items()}
+    extension: dict[str, Any] = {"token_set": config.token_set, "topk_apply_relu": config.topk_apply_relu}
+    if config.normalize_activations == "scaling_factor":
+        factor = config.scaling_factor
+        tensors["W_enc"] = tensors["W_enc"] * factor
+        tensors["W_dec"] = tensors["W_dec"] / factor
+        tensors["b_dec"] = tensors["b_dec"] / factor
+        extension["folded_scaling_factor"] = factor
+    normalization = "none" if config.normalize_activations == "scaling_factor" else config.normalize_activations
     values: dict[str, Any] = {
         "architecture": own.saelens_architecture,
         "d_in": config.d_in,
@@ -128,9 +150,76 @@ def write(config: SAEConfig, state_dict: dict[str, Tensor], folder: Path) -> Non
         },
     }
     values.update(own.saelens_fields(config))
-    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state_dict.items()}
+    return values, tensors
+
+
+def write(config: SAEConfig, state_dict: dict[str, Tensor], folder: Path, allow_lossy: bool = False) -> None:
+    """Write ``config`` and ``state_dict`` to ``folder`` as ``cfg.json`` + ``sae_weights.safetensors``, in the
+    form :func:`saelens_form` gives (so SAELens computes the same features, or the write is refused).
+
+    Example:
+        >>> write(sae.cfg, sae.state_dict(), Path("my_sae"))
+    """
+    values, tensors = saelens_form(config, state_dict, allow_lossy)
+    folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, folder / WEIGHTS_FILE)
     (folder / CONFIG_FILE).write_text(json.dumps(values, indent=2) + "\n", encoding="utf-8")
+
+
+class SAELensView:
+    """A ``sae_lens.SAE`` seen through the attributes splicing reads (``d_in``, ``hook_name``, ``token_set``,
+    ``use_error_term``, ``hook_dict``), so a HookedViT splices SAELens's own object, whose forward runs as is.
+
+    Example:
+        >>> view = SAELensView(sae_lens_sae); view.hook_name
+        'blocks.9.hook_resid_post'
+    """
+
+    token_set = "all"
+
+    def __init__(self, sae: Any) -> None:
+        self.module = sae
+
+    @property
+    def d_in(self) -> int:
+        """The width SAELens's config records."""
+        return int(self.module.cfg.d_in)
+
+    @property
+    def hook_name(self) -> str | None:
+        """The hook SAELens's metadata records."""
+        return getattr(self.module.cfg.metadata, "hook_name", None)
+
+    @property
+    def hook_dict(self) -> dict[str, Any]:
+        """SAELens's own HookPoints (the same names as this library's)."""
+        return self.module.hook_dict
+
+    @property
+    def use_error_term(self) -> bool:
+        """SAELens's error-term flag."""
+        return bool(self.module.use_error_term)
+
+    @use_error_term.setter
+    def use_error_term(self, value: bool) -> None:
+        # SAELens deprecates setting the flag in favour of its own transformer class's add_sae; splicing here is
+        # that use.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.module.use_error_term = value
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.module(x)
+
+
+def is_saelens_sae(candidate: Any) -> bool:
+    """Whether ``candidate`` is an SAE object of the sae_lens package (checked without importing sae_lens).
+
+    Example:
+        >>> is_saelens_sae(sae_lens.SAE.load_from_disk("my_sae"))
+        True
+    """
+    return type(candidate).__module__.split(".")[0] == "sae_lens" and hasattr(candidate, "cfg") and hasattr(candidate, "W_enc")
 
 
 def _architecture(values: dict[str, Any], path: Path) -> str:
@@ -156,7 +245,8 @@ def _normalization(value: Any, extension: dict[str, Any], path: Path) -> str:
     if value is None or value is False:
         return "none"
     if value is True or value == "expected_average_only_in":
-        # SAELens folds this factor into the weights when training ends; only our own files carry it unfolded.
+        # SAELens folds this factor into the weights when training ends; only files this library wrote before
+        # it folded the factor too carry it unfolded (with the factor in the extension).
         return "scaling_factor" if "scaling_factor" in extension else "none"
     if value in ("none", "layer_norm", "constant_norm_rescale"):
         return value

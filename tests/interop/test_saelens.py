@@ -1,0 +1,129 @@
+"""Real SAELens next to this library: saves read identically both ways, in-memory conversion, and a
+``sae_lens.SAE`` spliced into a HookedViT as it is.
+
+SAELens needs TransformerLens < 4, so these run in the interop stage of ``.ci/run`` (its own venv:
+``pip install -c constraints-cpu.txt -e ".[test]" sae-lens``), together with the rest of the suite.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+
+from vit_sae_hooks import SAE, HookedViT, HookedViTConfig, SAEConfig
+from vit_sae_hooks.errors import ConfigError
+
+sae_lens = pytest.importorskip("sae_lens", reason="the interop stage installs sae-lens (it needs transformer-lens<4)")
+
+HOOK = "blocks.1.hook_resid_post"
+ARCHITECTURES = {"standard": {}, "topk": {"k": 5}, "jumprelu": {}}
+NORMALISATIONS = {
+    "none": {}, "layer_norm": {}, "constant_norm_rescale": {}, "scaling_factor": {"scaling_factor": 0.37},
+}
+
+
+def _random(sae, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in sae.named_parameters():
+            values = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
+            # Positive thresholds that let some latents through, as trained JumpReLU SAEs have.
+            parameter.copy_(values.abs() * 0.5 if name == "threshold" else values)
+    return sae
+
+
+def _inputs(d_in: int = 16) -> torch.Tensor:
+    return torch.randn(7, d_in, generator=torch.Generator().manual_seed(11)) * 3 + 1
+
+
+def _same_features(ours: SAE, theirs, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.encode(x), ours.encode(x), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(theirs(x), ours(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "architecture, normalization, apply_b_dec",
+    list(itertools.product(ARCHITECTURES, NORMALISATIONS, [True, False])),
+)
+def test_a_save_here_loads_in_saelens_with_the_same_features(tmp_path, architecture, normalization, apply_b_dec):
+    config = SAEConfig(
+        d_in=16, d_sae=48, architecture=architecture, **ARCHITECTURES[architecture], apply_b_dec_to_input=apply_b_dec,
+        normalize_activations=normalization, **NORMALISATIONS[normalization], hook_name=HOOK,
+    )
+    ours = _random(SAE(config), seed=1)
+    ours.save(tmp_path)
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path))
+    assert theirs.cfg.metadata.hook_name == HOOK
+    _same_features(ours, theirs, _inputs())
+
+
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+@pytest.mark.parametrize("normalization", ["none", "layer_norm", "constant_norm_rescale"])
+def test_a_saelens_save_loads_here_with_the_same_features(tmp_path, architecture, normalization):
+    values = {
+        "architecture": architecture, "d_in": 16, "d_sae": 48, "dtype": "float32", "device": "cpu",
+        "apply_b_dec_to_input": True, "normalize_activations": normalization, **ARCHITECTURES[architecture],
+        "metadata": {"hook_name": HOOK, "model_name": "tiny"},
+    }
+    theirs = _random(sae_lens.SAE.from_dict(values), seed=2)
+    theirs.save_model(str(tmp_path))
+    ours = SAE.load(tmp_path)
+    assert ours.hook_name == HOOK and ours.cfg.architecture == architecture
+    _same_features(ours, theirs, _inputs())
+
+
+def test_saelens_topk_rescaled_by_decoder_norm_loads_with_the_same_features(tmp_path):
+    values = {"architecture": "topk", "d_in": 16, "d_sae": 48, "k": 5, "rescale_acts_by_decoder_norm": True,
+              "metadata": {"hook_name": HOOK}}
+    theirs = _random(sae_lens.SAE.from_dict(values), seed=3)
+    theirs.save_model(str(tmp_path))
+    ours = SAE.load(tmp_path)
+    x = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-4, rtol=1e-4)
+
+
+def test_conversion_in_memory_both_ways():
+    ours = _random(SAE(SAEConfig(d_in=16, d_sae=48, architecture="topk", k=5, hook_name=HOOK)), seed=4)
+    theirs = ours.to_saelens()
+    assert isinstance(theirs, sae_lens.SAE)
+    _same_features(ours, theirs, _inputs())
+    back = SAE.from_saelens(theirs)
+    assert back.cfg.architecture == "topk" and back.cfg.k == 5 and back.hook_name == HOOK
+    _same_features(back, theirs, _inputs())
+
+
+def test_what_saelens_cannot_represent_is_refused_unless_accepted(tmp_path):
+    ours = _random(SAE(SAEConfig(d_in=16, d_sae=48, architecture="topk", k=5, topk_apply_relu=False)), seed=5)
+    with pytest.raises(ConfigError, match="without ReLU"):
+        ours.to_saelens()
+    with pytest.raises(ConfigError, match="allow_lossy=True"):
+        ours.save(tmp_path / "refused")
+    ours.save(tmp_path / "lossy", allow_lossy=True)
+    assert json.loads((tmp_path / "lossy" / "cfg.json").read_text())["metadata"]["vit_sae_hooks"]["topk_apply_relu"] is False
+    reloaded = SAE.load(tmp_path / "lossy")
+    x = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.encode(x), ours.encode(x))
+
+
+def test_a_saelens_sae_splices_into_a_hooked_vit_as_it_is():
+    torch.manual_seed(0)
+    model = HookedViT(HookedViTConfig(n_layers=3, d_model=16, n_heads=4, d_mlp=32, image_size=16, patch_size=8)).eval()
+    images = torch.randn(2, 3, 16, 16)
+    ours = _random(SAE(SAEConfig(d_in=16, d_sae=48, architecture="topk", k=5, hook_name=HOOK)), seed=6)
+    theirs = ours.to_saelens()
+    clean = model(images)
+    with torch.no_grad():
+        spliced_theirs = model.run_with_saes(images, saes=[theirs])
+        spliced_ours = model.run_with_saes(images, saes=[ours])
+        with_error = model.run_with_saes(images, saes=[theirs], use_error_term=True)
+    torch.testing.assert_close(spliced_theirs, spliced_ours, atol=1e-5, rtol=0)
+    torch.testing.assert_close(with_error, clean, atol=1e-5, rtol=0)
+    _, cache = model.run_with_cache_with_saes(images, saes=[theirs])
+    assert cache[f"{HOOK}.hook_sae_acts_post"].shape == (2, 5, 48)
+    assert not model.acts_to_saes
