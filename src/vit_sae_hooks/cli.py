@@ -30,7 +30,7 @@ def inspect_model(args: argparse.Namespace) -> int:
 
     model = HookedViT.from_pretrained(args.model) if args.model else _tiny_random_model()
     cfg = model.cfg
-    images = torch.randn(args.batch, cfg.n_channels, *cfg.image_size)
+    images = torch.randn(cfg.input_shape(args.batch))
     with torch.no_grad():
         output, cache = model.run_with_cache(images)
     print(f"model: {cfg.model_name} ({cfg.original_architecture})")

@@ -56,7 +56,9 @@ class TokenLayout:
 
     ``grid`` is the patch grid (rows, columns) of the images in the current forward pass, when known. A padded
     batch of images of different sizes (SigLIP 2's NaFlex inputs) has ``grids [batch, 2]`` instead and
-    ``valid [batch, pos]``, False on padding: padding tokens belong to no token set.
+    ``valid [batch, pos]``, False on padding: padding tokens belong to no token set. Video has ``frames``
+    positions in time; its patch tokens are laid out (time, row, column) when ``frame_major``, else (row,
+    column, time); ``"patches"`` covers all of them.
 
     Example:
         >>> TokenLayout.of(model.cfg)  # DINOv2 with 4 registers, 224 x 224 images
@@ -68,11 +70,13 @@ class TokenLayout:
     grid: tuple[int, int] | None = None
     grids: Int[Tensor, "batch 2"] | None = None
     valid: Bool[Tensor, "batch pos"] | None = None
+    frames: int = 1
+    frame_major: bool = True
 
     @classmethod
-    def of(cls, cfg: Any, grid: tuple[int, int] | None = None) -> TokenLayout:
-        """The layout of a :class:`~vit_sae_hooks.HookedViTConfig` for images cut into ``grid`` patches
-        (default: the checkpoint's native grid).
+    def of(cls, cfg: Any, grid: tuple[int, int] | None = None, frames: int | None = None) -> TokenLayout:
+        """The layout of a :class:`~vit_sae_hooks.HookedViTConfig` for images cut into ``grid`` patches and
+        clips of ``frames`` time positions (defaults: the checkpoint's native ones).
 
         Example:
             >>> TokenLayout.of(model.cfg).n_prefix_tokens
@@ -80,7 +84,9 @@ class TokenLayout:
         """
         native = tuple(cfg.grid_size) if hasattr(cfg, "grid_size") else None
         return cls(
-            n_prefix_tokens=int(cfg.n_prefix_tokens), has_cls_token=bool(cfg.has_cls_token), grid=grid or native
+            n_prefix_tokens=int(cfg.n_prefix_tokens), has_cls_token=bool(cfg.has_cls_token), grid=grid or native,
+            frames=frames or int(getattr(cfg, "n_time", 1)),
+            frame_major=getattr(cfg, "token_order", "frame_major") == "frame_major",
         )
 
     def is_patch(self, positions: Int[Tensor, "*shape"]) -> Bool[Tensor, "*shape"]:
@@ -93,13 +99,42 @@ class TokenLayout:
         return positions >= self.n_prefix_tokens
 
     def patch_index(self, positions: Int[Tensor, "*shape"]) -> Int[Tensor, "*shape"]:
-        """The index on the patch grid (row-major) of patch-token ``positions``.
+        """The index on the patch grid (row-major) of patch-token ``positions`` (within its frame, for video).
 
         Example:
             >>> TokenLayout(1).patch_index(torch.tensor([1, 2]))
             tensor([0, 1])
         """
-        return positions - self.n_prefix_tokens
+        return self.patch_coordinates(positions)[1]
+
+    def patch_coordinates(self, positions: Int[Tensor, "*shape"]) -> tuple[Int[Tensor, "*shape"], Int[Tensor, "*shape"]]:
+        """``(frame, index on that frame's patch grid)`` of patch-token ``positions``.
+
+        Example:
+            >>> TokenLayout(1, grid=(2, 2), frames=3).patch_coordinates(torch.tensor([1, 5]))
+            (tensor([0, 1]), tensor([0, 0]))
+        """
+        flat = positions - self.n_prefix_tokens
+        if self.frames == 1:
+            return torch.zeros_like(flat), flat
+        if self.frame_major:
+            per_frame = self.grid[0] * self.grid[1]
+            return flat // per_frame, flat % per_frame
+        return flat % self.frames, flat // self.frames
+
+    def frame_positions(self, frame: int) -> Int[Tensor, " patches"]:
+        """The positions of the patch tokens of time position ``frame``, in grid order (for per-frame masks).
+
+        Example:
+            >>> TokenLayout(1, grid=(2, 2), frames=3, frame_major=False).frame_positions(1)
+            tensor([ 2,  5,  8, 11])
+        """
+        if not 0 <= frame < self.frames:
+            raise ConfigError(f"frame {frame} is out of range: this layout has {self.frames} time positions")
+        per_frame = self.grid[0] * self.grid[1]
+        grid_index = torch.arange(per_frame)
+        flat = frame * per_frame + grid_index if self.frame_major else grid_index * self.frames + frame
+        return flat + self.n_prefix_tokens
 
 
 @dataclass(frozen=True)

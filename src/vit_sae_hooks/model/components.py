@@ -334,6 +334,48 @@ class TransformerBlock(nn.Module):
         return self.hook_resid_post(resid_mid + mlp_out)
 
 
+class DividedSpaceTimeBlock(TransformerBlock):
+    """A TimeSformer block: temporal attention (each patch over its frames), then spatial attention (each
+    frame's patches with the CLS token), then the MLP.
+
+    Tokens are ``[CLS, patches in (row, column, time) order]``. The temporal sublayer has its own hooks:
+    ``temporal_ln.*``, ``temporal_attn.*`` (its ``hook_pattern`` is ``[batch·patches, head, frame, frame]``)
+    and ``hook_temporal_out`` (added to the patches; TimeSformer's extra ``temporal_dense`` projection is folded
+    into ``temporal_attn.W_O``), then ``hook_resid_temporal``. Spatial attention sees one copy of the CLS token
+    per frame (``attn.hook_pattern`` is ``[batch·frames, head, 1 + patches, 1 + patches]``); the CLS token's
+    update is the mean over frames. ``hook_attn_out`` is the spatial update of the whole sequence.
+    """
+
+    def __init__(self, cfg: HookedViTConfig, block_index: int):
+        super().__init__(cfg, block_index)
+        self.temporal_ln = make_norm(cfg, cfg.d_model, cfg.eps)
+        self.temporal_attn = Attention(cfg, rotary=False)
+        self.hook_temporal_out = HookPoint()  # [batch, patches · frames, d_model]
+        self.hook_resid_temporal = HookPoint()  # [batch, pos, d_model]
+
+    def forward(
+        self, resid_pre: Float[Tensor, "batch pos d_model"], context: ForwardContext | None = None
+    ) -> Float[Tensor, "batch pos d_model"]:
+        frames = context.layout.frames
+        resid_pre = self.hook_resid_pre(resid_pre)
+        batch, _, d_model = resid_pre.shape
+        cls, patches = resid_pre[:, :1], resid_pre[:, 1:]
+        n_patches = patches.shape[1] // frames
+        over_time = self.temporal_ln(patches).reshape(batch * n_patches, frames, d_model)
+        temporal = self.hook_temporal_out(self.temporal_attn(over_time).reshape(batch, n_patches * frames, d_model))
+        resid_temporal = self.hook_resid_temporal(torch.cat([cls, patches + temporal], dim=1))
+        cls, patches = resid_temporal[:, :1], resid_temporal[:, 1:]
+        per_frame = patches.reshape(batch, n_patches, frames, d_model).transpose(1, 2).reshape(batch * frames, n_patches, d_model)
+        per_frame = torch.cat([cls.repeat_interleave(frames, dim=0), per_frame], dim=1)
+        spatial = self.attn(self.ln1(per_frame))
+        cls_update = spatial[:, :1].reshape(batch, frames, d_model).mean(1, keepdim=True)
+        patch_update = spatial[:, 1:].reshape(batch, frames, n_patches, d_model).transpose(1, 2).flatten(1, 2)
+        attn_out = self.hook_attn_out(torch.cat([cls_update, patch_update], dim=1))
+        resid_mid = self.hook_resid_mid(resid_temporal + attn_out)
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
+        return self.hook_resid_post(resid_mid + mlp_out)
+
+
 def interpolate_grid_embedding(
     grid_embed: Float[Tensor, "n_grid d_model"],
     old_grid: tuple[int, int],
@@ -383,8 +425,10 @@ class Embed(nn.Module):
         super().__init__()
         self.cfg = cfg
         d_model = cfg.d_model
-        self.W_patch = nn.Parameter(torch.empty(d_model, cfg.n_channels, *cfg.patch_size))
-        nn.init.normal_(self.W_patch, std=(cfg.n_channels * cfg.patch_size[0] * cfg.patch_size[1]) ** -0.5)
+        # Video models patchify with a 3-D kernel spanning tubelet_size frames.
+        kernel = (cfg.tubelet_size, *cfg.patch_size) if cfg.is_video else cfg.patch_size
+        self.W_patch = nn.Parameter(torch.empty(d_model, cfg.n_channels, *kernel))
+        nn.init.normal_(self.W_patch, std=(cfg.n_channels * math.prod(kernel)) ** -0.5)
         self.b_patch = nn.Parameter(torch.zeros(d_model)) if cfg.patch_bias else None
         self.ln_patch = make_norm(cfg, d_model, cfg.eps) if cfg.patch_norm else None
         self.cls_token = nn.Parameter(torch.randn(d_model) * 0.02) if cfg.has_cls_token else None
@@ -392,26 +436,38 @@ class Embed(nn.Module):
             nn.Parameter(torch.randn(cfg.n_register_tokens, d_model) * 0.02) if cfg.n_register_tokens else None
         )
         if cfg.positional_embedding_type == "standard":
-            self.pos_embed = nn.Parameter(torch.randn(cfg.pos_embed_prefix + cfg.n_patches, d_model) * 0.02)
+            # With a separate embedding per frame (TimeSformer) the table covers one frame's grid.
+            rows = cfg.grid_size[0] * cfg.grid_size[1] if cfg.time_embedding else cfg.n_patches
+            self.pos_embed = nn.Parameter(torch.randn(cfg.pos_embed_prefix + rows, d_model) * 0.02)
+        if cfg.time_embedding:
+            self.time_embed = nn.Parameter(torch.randn(cfg.n_time, d_model) * 0.02)
 
     @property
     def adds_positions(self) -> bool:
         """Whether position embeddings are added to the tokens (False for rotary models)."""
         return self.cfg.positional_embedding_type != "rotary"
 
-    def position_embeddings(self, grid: tuple[int, int]) -> Float[Tensor, "pos d_model"] | None:
-        """Position embeddings for every token of an image whose patch grid is ``grid`` (None for rotary models)."""
+    def position_embeddings(self, grid: tuple[int, int], frames: int = 1) -> Float[Tensor, "pos d_model"] | None:
+        """Position embeddings for every token of an image (or a clip of ``frames`` time positions) whose patch
+        grid is ``grid`` (None for rotary models)."""
         cfg = self.cfg
         if cfg.positional_embedding_type == "rotary":
             return None
         if cfg.positional_embedding_type == "sincos":
             prefix = self.W_patch.new_zeros(0, cfg.d_model)
             patches = sincos_grid_embedding(grid, cfg.d_model, self.W_patch.dtype, self.W_patch.device)
+        elif cfg.is_video and not cfg.time_embedding:
+            # One learned embedding per space-time token, at the checkpoint's clip size.
+            prefix, patches = self.pos_embed[: cfg.pos_embed_prefix], self.pos_embed[cfg.pos_embed_prefix :]
         else:
             prefix = self.pos_embed[: cfg.pos_embed_prefix]
             patches = interpolate_grid_embedding(
                 self.pos_embed[cfg.pos_embed_prefix :], cfg.grid_size, grid, cfg.interpolate_antialias, cfg.interpolate_mode
             )
+            if cfg.time_embedding:
+                # A patch at grid index n in frame t gets table[n] + time[t], laid out in the token order.
+                per_token = patches[:, None] + self.time_embed[:frames][None]  # [grid, frames, d_model]
+                patches = (per_token if cfg.token_order == "patch_major" else per_token.transpose(0, 1)).flatten(0, 1)
         parts = [prefix]
         missing = cfg.n_prefix_tokens - prefix.shape[0]
         if missing:
@@ -419,11 +475,23 @@ class Embed(nn.Module):
         parts.append(patches)
         return torch.cat(parts)
 
-    def forward(self, images: Float[Tensor, "batch channels height width"]) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, images: Float[Tensor, "batch channels height width"] | Float[Tensor, "batch frames channels height width"]
+    ) -> tuple[Tensor, Tensor | None]:
         cfg = self.cfg
-        patches = F.conv2d(images.to(self.W_patch.dtype), self.W_patch, self.b_patch, stride=cfg.patch_size)
+        frames = 1
+        if cfg.is_video:
+            clips = images.transpose(1, 2).to(self.W_patch.dtype)  # [batch, channels, frames, height, width]
+            if cfg.repeat_short_clips and clips.shape[2] < cfg.tubelet_size:
+                clips = clips.repeat(1, 1, cfg.tubelet_size, 1, 1)
+            patches = F.conv3d(clips, self.W_patch, self.b_patch, stride=(cfg.tubelet_size, *cfg.patch_size))
+            frames = patches.shape[2]
+        else:
+            patches = F.conv2d(images.to(self.W_patch.dtype), self.W_patch, self.b_patch, stride=cfg.patch_size)
         grid = (patches.shape[-2], patches.shape[-1])
-        tokens = patches.flatten(2).transpose(1, 2)
+        tokens = patches.flatten(2).transpose(1, 2)  # (time,) row, column
+        if cfg.is_video and cfg.token_order == "patch_major":
+            tokens = tokens.unflatten(1, (frames, -1)).transpose(1, 2).flatten(1, 2)
         if self.ln_patch is not None:
             tokens = self.ln_patch(tokens)
         batch = tokens.shape[0]
@@ -434,7 +502,7 @@ class Embed(nn.Module):
             prefix.append(self.register_tokens.expand(batch, -1, -1))
         if prefix:
             tokens = torch.cat([*prefix, tokens], dim=1)
-        positions = self.position_embeddings(grid)
+        positions = self.position_embeddings(grid, frames)
         return tokens, None if positions is None else positions.expand(batch, -1, -1)
 
     def from_patches(

@@ -22,6 +22,8 @@ NormalizationType = Literal["LN", "RMS"]
 PositionalEmbeddingType = Literal["standard", "rotary", "sincos"]
 RotaryStyle = Literal["dinov3", "vjepa2"]
 InterpolateMode = Literal["bicubic", "bilinear"]
+TokenOrder = Literal["frame_major", "patch_major"]
+AttentionType = Literal["joint", "divided"]
 
 _ACT_FN_ALIASES = {
     "gelu": "gelu",
@@ -56,9 +58,10 @@ def _pair(name: str, value: int | tuple[int, int] | list[int]) -> tuple[int, int
 
 _BOOL_FIELDS = ("ln_pre", "ln_final", "final_ln_after_pool", "patch_bias", "has_cls_token", "interpolate_pos_embed",
                 "interpolate_antialias", "use_attn_result", "attn_only", "final_rms", "patch_norm", "naflex",
-                "use_split_qkv_input", "use_attn_in", "use_hook_mlp_in", "parallel_attn_mlp")
+                "use_split_qkv_input", "use_attn_in", "use_hook_mlp_in", "parallel_attn_mlp",
+                "time_embedding", "repeat_short_clips")
 _TEXT_FIELDS = ("act_fn", "mlp_type", "pool_type", "head_type", "model_name", "original_architecture",
-                "normalization_type", "interpolate_mode", "positional_embedding_type")
+                "normalization_type", "interpolate_mode", "positional_embedding_type", "token_order", "attention_type")
 
 
 @dataclass
@@ -82,6 +85,14 @@ class HookedViTConfig:
     normalises the patch embeddings before positions are added (AIMv2); ``pool_type="attention"`` is
     attention pooling by a learned probe without the MAP head's MLP (AIMv2); ``naflex`` models (SigLIP 2)
     also take patchified inputs of mixed sizes, padded, with ``pixel_attention_mask`` and ``spatial_shapes``.
+
+    Video models (``n_frames`` set) take ``[batch, frames, channels, height, width]``. ``tubelet_size`` frames
+    make one token in time (a 3-D patch embedding; 1: one 2-D patch embedding per frame). ``token_order``
+    ``"frame_major"`` lays tokens out as (time, row, column) (ViViT, V-JEPA 2), ``"patch_major"`` as (row,
+    column, time) (TimeSformer). ``attention_type="divided"`` gives each block a temporal attention (each
+    patch over its frames) before the spatial one (each frame's patches and the CLS token), as TimeSformer.
+    ``time_embedding`` adds a learned embedding per frame to the per-patch table (TimeSformer);
+    ``repeat_short_clips`` repeats a clip shorter than one tubelet to fill it (V-JEPA 2).
 
     Example:
         >>> cfg = HookedViTConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, image_size=32, patch_size=8)
@@ -115,6 +126,12 @@ class HookedViTConfig:
     rotary_base: float = 10000.0
     patch_norm: bool = False
     naflex: bool = False
+    n_frames: int | None = None
+    tubelet_size: int = 1
+    token_order: str = "frame_major"
+    attention_type: str = "joint"
+    time_embedding: bool = False
+    repeat_short_clips: bool = False
     pool_type: str = "cls"
     head_type: str = "none"
     d_output: int | None = None
@@ -156,9 +173,13 @@ class HookedViTConfig:
             ("normalization_type", self.normalization_type, get_args(NormalizationType)),
             ("positional_embedding_type", self.positional_embedding_type, get_args(PositionalEmbeddingType)),
             ("interpolate_mode", self.interpolate_mode, get_args(InterpolateMode)),
+            ("token_order", self.token_order, get_args(TokenOrder)),
+            ("attention_type", self.attention_type, get_args(AttentionType)),
         ):
             if value not in allowed:
                 raise ConfigError(f"{name}={value!r} is not supported; choose one of {allowed}")
+        if self.attention_type == "divided" and not self.is_video:
+            raise ConfigError("attention_type='divided' (temporal, then spatial attention) needs a video model: set n_frames")
         if (self.positional_embedding_type == "rotary") != (self.rotary_style is not None):
             raise ConfigError(
                 f"rotary_style={self.rotary_style!r} goes with positional_embedding_type='rotary' (got "
@@ -195,6 +216,9 @@ class HookedViTConfig:
                 positive_int(name, getattr(self, name))
         if self.pos_embed_prefix is not None:
             non_negative_int("pos_embed_prefix", self.pos_embed_prefix)
+        if self.n_frames is not None:
+            positive_int("n_frames", self.n_frames)
+        positive_int("tubelet_size", self.tubelet_size)
         if self.n_key_value_heads is not None:
             raise ConfigError(f"n_key_value_heads={self.n_key_value_heads!r}: vision transformers here have no grouped-query "
                               "attention; leave it None")
@@ -231,10 +255,33 @@ class HookedViTConfig:
         """Patches per side (rows, columns) at the native image size."""
         return (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
 
+    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
+        """The shape of a batch of inputs at the native size: ``(batch, channels, height, width)``, or
+        ``(batch, frames, channels, height, width)`` for video models.
+
+        Example:
+            >>> torch.zeros(cfg.input_shape(2)).shape
+            torch.Size([2, 3, 224, 224])
+        """
+        frames = (self.n_frames,) if self.is_video else ()
+        return (batch, *frames, self.n_channels, *self.image_size)
+
+    @property
+    def n_time(self) -> int:
+        """Token positions in time at the native clip length (1 for image models)."""
+        if self.n_frames is None:
+            return 1
+        return max(1, self.n_frames // self.tubelet_size)
+
+    @property
+    def is_video(self) -> bool:
+        """Whether the model reads clips ``[batch, frames, channels, height, width]``."""
+        return self.n_frames is not None
+
     @property
     def n_patches(self) -> int:
-        """Patch tokens at the native image size."""
-        return self.grid_size[0] * self.grid_size[1]
+        """Patch tokens at the native image size (and clip length, for video models)."""
+        return self.grid_size[0] * self.grid_size[1] * self.n_time
 
     @property
     def n_prefix_tokens(self) -> int:

@@ -16,7 +16,15 @@ from torch import Tensor, nn
 from vit_sae_hooks._tl import REMOVES_BATCH_DIM_ON_2D, ActivationCache, HookedRootModule, HookPoint
 from vit_sae_hooks.errors import ConfigError, HookNameError, InputShapeError, unknown_hook_message
 from vit_sae_hooks.model import splice as splicing
-from vit_sae_hooks.model.components import Embed, ForwardContext, Head, Pool, TransformerBlock, make_norm
+from vit_sae_hooks.model.components import (
+    DividedSpaceTimeBlock,
+    Embed,
+    ForwardContext,
+    Head,
+    Pool,
+    TransformerBlock,
+    make_norm,
+)
 from vit_sae_hooks.model.config import HookedViTConfig
 from vit_sae_hooks.model.splice import Splice
 from vit_sae_hooks.tokens import TokenLayout, TokenSpec
@@ -81,7 +89,8 @@ class HookedViT(HookedRootModule):
             self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.hook_full_embed = HookPoint()  # [batch, pos, d_model]: hook_embed + hook_pos_embed
         self.ln_pre = make_norm(cfg, cfg.d_model, cfg.ln_pre_eps) if cfg.ln_pre else None
-        self.blocks = nn.ModuleList(TransformerBlock(cfg, index) for index in range(cfg.n_layers))
+        block = DividedSpaceTimeBlock if cfg.attention_type == "divided" else TransformerBlock
+        self.blocks = nn.ModuleList(block(cfg, index) for index in range(cfg.n_layers))
         self.ln_final = make_norm(cfg, cfg.d_model, cfg.ln_final_eps) if cfg.ln_final else None
         self.pool = Pool(cfg)
         self.hook_pooled = HookPoint()  # [batch, d_model]
@@ -152,7 +161,7 @@ class HookedViT(HookedRootModule):
         elif start_at_layer is None:
             self.check_images(images, interpolate_pos_encoding)
             grid = (images.shape[-2] // cfg.patch_size[0], images.shape[-1] // cfg.patch_size[1])
-            context = self._context(grid, images.shape[0], images.device)
+            context = self._context(grid, images.shape[0], images.device, self._time_positions(images))
             tokens, pos_embed = self.embed(images)
         if start_at_layer is None:
             tokens = self.hook_embed(tokens)
@@ -167,20 +176,34 @@ class HookedViT(HookedRootModule):
             context = self._padded_context(*padding)
         else:
             resid = self._check_residual(images)
-            context = self._context(self._residual_grid(resid, grid), resid.shape[0], resid.device)
+            frames = self.cfg.n_time if self.cfg.is_video else 1
+            context = self._context(self._residual_grid(resid, grid, frames), resid.shape[0], resid.device, frames)
         for block in self.blocks[start:stop]:
             resid = block(resid, context)
         if stop_at_layer is not None:
             return resid
         return self._finish(resid, return_type, context)
 
-    def _context(self, grid: tuple[int, int], batch: int, device: torch.device) -> ForwardContext:
-        """The token layout and rotary tables one forward pass shares, for images cut into ``grid`` patches."""
-        layout = TokenLayout.of(self.cfg, grid)
+    def _time_positions(self, clips: Tensor) -> int:
+        """How many positions in time the patch embedding makes of ``clips`` (1 for images)."""
+        cfg = self.cfg
+        if not cfg.is_video:
+            return 1
+        frames = clips.shape[1]
+        if cfg.repeat_short_clips and frames < cfg.tubelet_size:
+            return 1
+        if frames < cfg.tubelet_size:
+            raise InputShapeError(f"clips of {frames} frames are shorter than one tubelet of {cfg.tubelet_size} frames")
+        return frames // cfg.tubelet_size
+
+    def _context(self, grid: tuple[int, int], batch: int, device: torch.device, frames: int = 1) -> ForwardContext:
+        """The token layout and rotary tables one forward pass shares, for images cut into ``grid`` patches
+        (and clips of ``frames`` time positions)."""
+        layout = TokenLayout.of(self.cfg, grid, frames)
         self._use_layout(layout)
         rotary = None
         if self.cfg.positional_embedding_type == "rotary":
-            n_pos = layout.n_prefix_tokens + grid[0] * grid[1]
+            n_pos = layout.n_prefix_tokens + grid[0] * grid[1] * frames
             rotary = self.blocks[0].attn.rotary.tables(layout, n_pos, self.embed.W_patch.dtype, device)
         return ForwardContext(layout=layout, rotary=rotary)
 
@@ -233,13 +256,13 @@ class HookedViT(HookedRootModule):
             )
         return mask.bool(), shapes
 
-    def _residual_grid(self, resid: Tensor, grid: tuple[int, int] | None) -> tuple[int, int]:
-        n_patches = resid.shape[1] - self.cfg.n_prefix_tokens
+    def _residual_grid(self, resid: Tensor, grid: tuple[int, int] | None, frames: int = 1) -> tuple[int, int]:
+        n_patches = (resid.shape[1] - self.cfg.n_prefix_tokens) // frames
         if grid is not None:
             if grid[0] * grid[1] != n_patches:
                 raise InputShapeError(f"grid={grid} has {grid[0] * grid[1]} patches but the residual stream has {n_patches}")
             return tuple(grid)
-        if n_patches == self.cfg.n_patches:
+        if n_patches * frames == self.cfg.n_patches:
             return self.cfg.grid_size
         side = math.isqrt(n_patches)
         if side * side != n_patches:
@@ -277,15 +300,21 @@ class HookedViT(HookedRootModule):
 
     # ------------------------------------------------------------------ input checks
     def check_images(self, images: Any, interpolate_pos_encoding: bool | None = None) -> None:
-        """Raise :class:`InputShapeError` unless ``images`` is a float ``[batch, C, H, W]`` tensor this model accepts."""
+        """Raise :class:`InputShapeError` unless ``images`` is a float ``[batch, C, H, W]`` tensor (``[batch,
+        frames, C, H, W]`` for video models) this model accepts."""
         cfg = self.cfg
-        expected = f"[batch, {cfg.n_channels}, {cfg.image_size[0]}, {cfg.image_size[1]}]"
+        frames = f"{cfg.n_frames}, " if cfg.is_video else ""
+        expected = f"[batch, {frames}{cfg.n_channels}, {cfg.image_size[0]}, {cfg.image_size[1]}]"
+        what = "videos" if cfg.is_video else "images"
         if not isinstance(images, Tensor):
-            raise InputShapeError(f"images must be a torch.Tensor of shape {expected}, got {type(images).__name__}")
-        if images.ndim != 4:
-            hint = " (add a batch dimension with images.unsqueeze(0))" if images.ndim == 3 else ""
+            raise InputShapeError(f"{what} must be a torch.Tensor of shape {expected}, got {type(images).__name__}")
+        rank = 5 if cfg.is_video else 4
+        if images.ndim != rank:
+            hint = " (add a batch dimension with unsqueeze(0))" if images.ndim == rank - 1 else ""
+            if cfg.is_video and images.ndim == 4:
+                hint += "; this is a video model: pass clips [batch, frames, channels, height, width]"
             raise InputShapeError(
-                f"images must have shape {expected}, got a {images.ndim}-d tensor of shape "
+                f"{what} must have shape {expected}, got a {images.ndim}-d tensor of shape "
                 f"{tuple(images.shape)}{hint}"
             )
         if not images.is_floating_point():
@@ -293,16 +322,24 @@ class HookedViT(HookedRootModule):
                 f"images must be a float tensor preprocessed for the model (dtype {images.dtype} given); "
                 "convert with images.float() and normalise with the checkpoint's mean and std"
             )
-        if images.shape[1] != cfg.n_channels:
+        if images.shape[-3] != cfg.n_channels:
             raise InputShapeError(
-                f"images have {images.shape[1]} channels but the model expects {cfg.n_channels}: "
-                f"shape {tuple(images.shape)} given, {expected} expected (channels first)"
+                f"{what} have {images.shape[-3]} channels but the model expects {cfg.n_channels}: "
+                f"shape {tuple(images.shape)} given, {expected} expected (channels before height and width)"
+            )
+        # A learned table per space-time token fixes the clip length; V-JEPA 2's rotary positions do not.
+        if cfg.is_video and cfg.positional_embedding_type == "standard" and images.shape[1] != cfg.n_frames:
+            raise InputShapeError(
+                f"clips have {images.shape[1]} frames but {cfg.model_name} reads exactly {cfg.n_frames} (shape {expected})"
             )
         height, width = images.shape[-2:]
         if (height, width) == tuple(cfg.image_size):
             return
-        # Rotary and sine-cosine positions are computed for any grid; only a learned table needs resampling.
+        # Rotary and sine-cosine positions are computed for any grid; only a learned table needs resampling,
+        # and a table per space-time token (ViViT) is not resampled at all.
         resizable = cfg.positional_embedding_type != "standard"
+        if cfg.is_video and not resizable and not cfg.time_embedding:
+            raise InputShapeError(f"frames are {height}x{width} but {cfg.model_name} reads exactly {expected}; resize them")
         interpolate = cfg.interpolate_pos_embed if interpolate_pos_encoding is None else interpolate_pos_encoding
         interpolate = interpolate or resizable
         if not interpolate:
@@ -415,6 +452,11 @@ class HookedViT(HookedRootModule):
         self._set_switch("use_hook_mlp_in", use_hook_mlp_in)
 
     def _set_switch(self, name: str, value: bool) -> None:
+        if value and name != "use_attn_result" and self.cfg.attention_type == "divided":
+            raise ConfigError(
+                f"{name} is not available for divided space-time attention (TimeSformer); its temporal and spatial "
+                "attentions read different token groupings"
+            )
         setattr(self.cfg, name, bool(value))
         for module in self.modules():
             if module is not self and hasattr(module, "sync_optional_hooks"):

@@ -217,7 +217,7 @@ class ImageActivations:
 
     def _probe_width(self) -> int:
         cfg = self.model.cfg
-        probe = torch.zeros(1, cfg.n_channels, *cfg.image_size, device=self.device)
+        probe = torch.zeros(cfg.input_shape(1), device=self.device)
         return hook_activations(self.model, probe, self.hook_name, self.token_set, self.autocast).shape[-1]
 
     def activations(self, images: Iterable[Any]) -> Float[Tensor, "tokens d_in"]:
@@ -302,13 +302,15 @@ def _endless_shard(images: Iterable[Any], shard: int, n_shards: int) -> Iterator
             )
 
 
-def _stack_images(items: list[Any]) -> Float[Tensor, "batch channels height width"]:
+def _stack_images(items: list[Any]) -> Float[Tensor, "batch ..."]:
+    # Images are [C, H, W], video clips [frames, C, H, W]; a batch holds one kind.
     images = [item[0] if isinstance(item, (tuple, list)) else item for item in items]
-    if not all(isinstance(image, Tensor) and image.ndim == 3 for image in images):
-        found = next(image for image in images if not (isinstance(image, Tensor) and image.ndim == 3))
+    rank = images[0].ndim if images and isinstance(images[0], Tensor) else 3
+    if rank not in (3, 4) or not all(isinstance(image, Tensor) and image.ndim == rank for image in images):
+        found = next((image for image in images if not (isinstance(image, Tensor) and image.ndim == rank)), images[0])
         described = tuple(found.shape) if isinstance(found, Tensor) else type(found).__name__
         raise InputShapeError(
-            f"each image must be a preprocessed [C, H, W] tensor (or a (tensor, label) pair), got {described}; "
-            "pass a dataset with transform=preprocess_for(model)."
+            f"each image must be a preprocessed [C, H, W] tensor (a clip [frames, C, H, W] for video models), or a "
+            f"(tensor, label) pair, got {described}; pass a dataset with transform=preprocess_for(model)."
         )
     return torch.stack(images)

@@ -96,37 +96,44 @@ def patch_maps(
     positions: Int[Tensor, " rows"] | None,
     n_prefix_tokens: int,
     grid_size: tuple[int, int],
-) -> Float[Tensor, "batch n_features grid_h grid_w"] | None:
+    layout: TokenLayout | None = None,
+) -> Float[Tensor, "batch n_features grid_h grid_w"] | Float[Tensor, "batch n_features frames grid_h grid_w"] | None:
     """The rows of ``acts`` that are patches, laid out on the patch grid; None if the SAE reads no patch.
 
-    CLS and register rows are left out; patches the SAE does not read stay 0.
+    CLS and register rows are left out; patches the SAE does not read stay 0. For video (a ``layout`` with
+    several frames, e.g. ``model.token_layout``) there is one grid per frame: ``[batch, n_features, frames,
+    grid_h, grid_w]``.
 
     Example:
         >>> maps = patch_maps(*token_activations(model, sae, images, [3]), model.cfg.n_prefix_tokens, (7, 7))
     """
     if positions is None:
         return None
-    layout = TokenLayout(n_prefix_tokens)
+    if layout is None or layout.frames == 1:
+        layout = TokenLayout(n_prefix_tokens, grid=grid_size)
     is_patch = layout.is_patch(positions)
     if not bool(is_patch.any()):
         return None
     n_patches = grid_size[0] * grid_size[1]
-    patch_index = layout.patch_index(positions[is_patch])
+    frame, patch_index = layout.patch_coordinates(positions[is_patch])
     if int(patch_index.max()) >= n_patches:
         raise InputShapeError(
             f"the SAE read patch position {int(patch_index.max())} but a {grid_size[0]}x{grid_size[1]} grid has "
             f"{n_patches} patches; the images' size does not match the tokens the model produced"
         )
     batch, _, n_features = acts.shape
-    maps = acts.new_zeros(batch, n_features, n_patches)
-    maps[:, :, patch_index.to(acts.device)] = acts[:, is_patch.to(acts.device)].transpose(1, 2)
-    return maps.unflatten(-1, grid_size)
+    maps = acts.new_zeros(batch, n_features, layout.frames * n_patches)
+    flat = (frame * n_patches + patch_index).to(acts.device)
+    maps[:, :, flat] = acts[:, is_patch.to(acts.device)].transpose(1, 2)
+    maps = maps.unflatten(-1, (layout.frames, *grid_size))
+    return maps if layout.frames > 1 else maps[:, :, 0]
 
 
 def feature_heatmap(
     model: HookedViT, sae: SAE, image: Float[Tensor, "channels height width"], feature: int
-) -> Float[Tensor, "grid_h grid_w"] | Float[Tensor, ""]:
-    """Feature ``feature``'s activation on each patch of one preprocessed image, as a ``[grid_h, grid_w]`` grid.
+) -> Float[Tensor, "grid_h grid_w"] | Float[Tensor, "frames grid_h grid_w"] | Float[Tensor, ""]:
+    """Feature ``feature``'s activation on each patch of one preprocessed image, as a ``[grid_h, grid_w]`` grid
+    (for one clip ``[frames, channels, height, width]`` of a video model: one grid per frame).
 
     CLS and register tokens are not part of the grid. An SAE that reads no patch (CLS-only SAEs, hooks
     without a token axis) gives a 0-d tensor: its activation on the CLS token (or the pooled vector).
@@ -134,16 +141,19 @@ def feature_heatmap(
     Example:
         >>> heatmap = feature_heatmap(model, sae, images[0], feature=123)  # [7, 7] for CLIP B/32
     """
-    if not isinstance(image, Tensor) or image.ndim != 3:
+    rank = 4 if model.cfg.is_video else 3
+    what = "clip [frames, channels, height, width]" if model.cfg.is_video else "image [channels, height, width]"
+    if not isinstance(image, Tensor) or image.ndim != rank:
         shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-        hint = " (take one image with images[0])" if isinstance(image, Tensor) and image.ndim == 4 else ""
+        hint = " (take one with images[0])" if isinstance(image, Tensor) and image.ndim == rank + 1 else ""
         raise InputShapeError(
-            f"feature_heatmap takes one image [channels, height, width], got {shape}{hint}; for many images "
-            "use top_activating or token_activations"
+            f"feature_heatmap takes one {what}, got {shape}{hint}; for many use top_activating or token_activations"
         )
     model.check_images(image[None])
     acts, positions = token_activations(model, sae, image[None], feature)
-    maps = patch_maps(acts, positions, model.cfg.n_prefix_tokens, patch_grid_size(model, image))
+    maps = patch_maps(
+        acts, positions, model.cfg.n_prefix_tokens, patch_grid_size(model, image), model.token_layout
+    )
     if maps is None:
         return acts[0, 0, 0]
     return maps[0, 0]

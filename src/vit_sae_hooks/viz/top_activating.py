@@ -177,7 +177,7 @@ def top_activating(
             batch = images.shape[0]
             acts, positions = token_activations(model, sae, images.to(device=device, dtype=dtype), ids)
             scores = acts.amax(dim=1) if reduce == "max" else acts.mean(dim=1)
-            maps = patch_maps(acts, positions, model.cfg.n_prefix_tokens, patch_grid_size(model, images))
+            maps = patch_maps(acts, positions, model.cfg.n_prefix_tokens, patch_grid_size(model, images), model.token_layout)
             running.update(
                 scores.cpu(),
                 torch.arange(seen, seen + batch),

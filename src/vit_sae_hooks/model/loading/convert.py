@@ -117,6 +117,8 @@ class BlockWeights:
     layer_scale_mlp: Tensor | None = None
     gate_w: Tensor | None = None
     gate_b: Tensor | None = None
+    # A divided space-time block's temporal attention (TimeSformer): its norm in ln1, attention in q/k/v/o.
+    temporal: BlockWeights | None = None
 
 
 def split_fused(weight: Tensor, bias: Tensor | None, parts: int = 3) -> list[tuple[Tensor, Tensor | None]]:
@@ -186,12 +188,16 @@ def _mlp_params(cfg: HookedViTConfig, prefix: str, w: BlockWeights) -> dict[str,
 
 
 def _block_params(cfg: HookedViTConfig, prefix: str, w: BlockWeights) -> dict[str, Tensor]:
-    return {
+    params = {
         **_norm_params(cfg, f"{prefix}.ln1", (w.ln1_w, w.ln1_b)),
         **_attention_params(cfg, f"{prefix}.attn", w),
         **_norm_params(cfg, f"{prefix}.ln2", (w.ln2_w, w.ln2_b)),
         **_mlp_params(cfg, f"{prefix}.mlp", w),
     }
+    if w.temporal is not None:
+        params.update(_norm_params(cfg, f"{prefix}.temporal_ln", (w.temporal.ln1_w, w.temporal.ln1_b)))
+        params.update(_attention_params(cfg, f"{prefix}.temporal_attn", w.temporal))
+    return params
 
 
 def _norm_params(cfg: HookedViTConfig, name: str, norm: tuple[Tensor, Tensor | None]) -> dict[str, Tensor]:
@@ -217,6 +223,7 @@ def assemble_state_dict(
     head_bias: Tensor | None = None,
     map_pool: dict[str, Tensor] | None = None,
     patch_norm: tuple[Tensor, Tensor | None] | None = None,
+    time_embed: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """The complete HookedViT state dict from format-neutral pieces.
 
@@ -224,7 +231,8 @@ def assemble_state_dict(
     attention-pooling head as ``{"probe": [d_model], "block": BlockWeights}`` with the head's
     LayerNorm in ``ln2_w``/``ln2_b`` (``ln1`` is unused; a head without LayerNorm and MLP, as
     ``pool_type="attention"`` has, leaves them and ``fc*`` out). ``pos_embed`` is None for models without a
-    learned position table; norms are ``(weight, bias)`` pairs (bias None for RMSNorm).
+    learned position table; norms are ``(weight, bias)`` pairs (bias None for RMSNorm); ``time_embed`` is
+    TimeSformer's embedding per frame ``[frames, d_model]``.
     """
     state: dict[str, Tensor] = {"embed.W_patch": patch_weight}
     if pos_embed is not None:
@@ -233,6 +241,8 @@ def assemble_state_dict(
         state["embed.b_patch"] = patch_bias
     if patch_norm is not None:
         state.update(_norm_params(cfg, "embed.ln_patch", patch_norm))
+    if time_embed is not None:
+        state["embed.time_embed"] = time_embed.reshape(-1, cfg.d_model)
     if cls_token is not None:
         state["embed.cls_token"] = cls_token.reshape(cfg.d_model)
     if register_tokens is not None:

@@ -21,7 +21,15 @@ from vit_sae_hooks.model.loading.convert import (
 )
 from vit_sae_hooks.model.loading.dinov3 import ANCHOR as DINOV3_ANCHOR
 from vit_sae_hooks.model.loading.dinov3 import load_dinov3
-from vit_sae_hooks.model.loading.hf_common import attention_tensors, vision_config, vision_prefix
+from vit_sae_hooks.model.loading.hf_common import attention_tensors, vision_config, vision_prefix, vit_block
+from vit_sae_hooks.model.loading.video import (
+    TIMESFORMER_ANCHOR,
+    VIVIT_ANCHOR,
+    VJEPA2_ANCHOR,
+    load_timesformer,
+    load_vivit,
+    load_vjepa2,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +52,9 @@ SUPPORTED_MODEL_TYPES = {
     "dinov3_vit": ("dinov3", False),
     "aimv2": ("aimv2", True),
     "aimv2_vision_model": ("aimv2", False),
+    "vivit": ("vivit", False),
+    "vjepa2": ("vjepa2", False),
+    "timesformer": ("timesformer", False),
 }
 
 # The key every family's vision tower has, used to find the prefix the checkpoint puts before it.
@@ -54,8 +65,13 @@ _ANCHOR_KEYS = {
     "dinov2": "embeddings.patch_embeddings.projection.weight",
     "dinov3": DINOV3_ANCHOR,
     "aimv2": AIMV2_ANCHOR,
+    "vivit": VIVIT_ANCHOR,
+    "vjepa2": VJEPA2_ANCHOR,
+    "timesformer": TIMESFORMER_ANCHOR,
 }
-_FAMILY_LOADERS = {"dinov3": load_dinov3, "aimv2": load_aimv2}
+_FAMILY_LOADERS = {
+    "dinov3": load_dinov3, "aimv2": load_aimv2, "vivit": load_vivit, "vjepa2": load_vjepa2, "timesformer": load_timesformer,
+}
 
 
 def load_hf(folder: Path, config: dict) -> tuple[HookedViTConfig, dict[str, Tensor]]:
@@ -69,8 +85,10 @@ def load_hf(folder: Path, config: dict) -> tuple[HookedViTConfig, dict[str, Tens
         )
     family, nested = SUPPORTED_MODEL_TYPES[model_type]
     vision = config.get("vision_config", {}) if nested else config
-    # Only the vision tower (and projection) is read, so a full CLIPModel costs no text-tower memory.
-    source = load_tensors(folder, HF_WEIGHT_FILES, keep=lambda key: not key.startswith(("text_model.", "text_projection")))
+    # Only the vision tower (and projection) is read, so a full CLIPModel costs no text-tower memory (nor
+    # V-JEPA 2's predictor).
+    skipped = ("text_model.", "text_projection", "predictor.", "vjepa2.predictor.")
+    source = load_tensors(folder, HF_WEIGHT_FILES, keep=lambda key: not key.startswith(skipped))
     prefix = vision_prefix(source, family, _ANCHOR_KEYS[family])
     architectures = config.get("architectures") or [model_type]
     name = config.get("_name_or_path") or str(folder)
@@ -229,19 +247,17 @@ def _load_vit_like(source, prefix, vision, family, model_type, architecture, nam
     blocks = []
     for layer in range(n_layers):
         p = f"{prefix}encoder.layer.{layer}."
+        if not is_dinov2:
+            blocks.append(vit_block(source, p))
+            continue
         attn = attention_tensors(
             source, p, "attention.", {"q": "attention.query", "k": "attention.key", "v": "attention.value", "o": "output.dense"}
         )
-        mlp = _vit_like_mlp(source, p, is_dinov2, swiglu)
-        if is_dinov2:
-            norms = dict(ln1_w=source.get(f"{p}norm1.weight"), ln1_b=source.get(f"{p}norm1.bias"),
-                         ln2_w=source.get(f"{p}norm2.weight"), ln2_b=source.get(f"{p}norm2.bias"),
-                         layer_scale_attn=source.get(f"{p}layer_scale1.lambda1"),
-                         layer_scale_mlp=source.get(f"{p}layer_scale2.lambda1"))
-        else:
-            norms = dict(ln1_w=source.get(f"{p}layernorm_before.weight"), ln1_b=source.get(f"{p}layernorm_before.bias"),
-                         ln2_w=source.get(f"{p}layernorm_after.weight"), ln2_b=source.get(f"{p}layernorm_after.bias"))
-        blocks.append(BlockWeights(**attn, **mlp, **norms))
+        norms = dict(ln1_w=source.get(f"{p}norm1.weight"), ln1_b=source.get(f"{p}norm1.bias"),
+                     ln2_w=source.get(f"{p}norm2.weight"), ln2_b=source.get(f"{p}norm2.bias"),
+                     layer_scale_attn=source.get(f"{p}layer_scale1.lambda1"),
+                     layer_scale_mlp=source.get(f"{p}layer_scale2.lambda1"))
+        blocks.append(BlockWeights(**attn, **_vit_like_mlp(source, p, is_dinov2, swiglu), **norms))
     state = assemble_state_dict(
         cfg,
         patch_weight=source.get(f"{prefix}embeddings.patch_embeddings.projection.weight"),

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from vit_sae_hooks.errors import CheckpointFormatError
 from vit_sae_hooks.model.config import HookedViTConfig
-from vit_sae_hooks.model.loading.convert import TensorSource
+from vit_sae_hooks.model.loading.convert import BlockWeights, TensorSource, split_fused
 
 
 def vision_prefix(source: TensorSource, family: str, anchor: str) -> str:
@@ -55,3 +55,26 @@ def attention_tensors(source: TensorSource, p: str, attn: str, names: dict[str, 
         out[f"{short}_w"] = source.get(f"{p}{attn}{key}.weight")
         out[f"{short}_b"] = source.optional(f"{p}{attn}{key}.bias")
     return out
+
+
+def vit_block(source: TensorSource, p: str, attention: str = "attention.attention.") -> BlockWeights:
+    """A layer in transformers' ViT layout (ViT, DINO v1, ViViT, TimeSformer's spatial part): ``layernorm_before``,
+    ``{attention}query/key/value`` (or a fused ``qkv``), ``attention.output.dense``, ``layernorm_after``,
+    ``intermediate.dense``, ``output.dense``.
+
+    Example:
+        >>> block = vit_block(source, "encoder.layer.0.")
+    """
+    if f"{p}{attention}qkv.weight" in source:
+        queries, keys, values = split_fused(source.get(f"{p}{attention}qkv.weight"), source.optional(f"{p}{attention}qkv.bias"))
+        projections = dict(q_w=queries[0], q_b=queries[1], k_w=keys[0], k_b=keys[1], v_w=values[0], v_b=values[1])
+    else:
+        projections = attention_tensors(source, p, attention, {"q": "query", "k": "key", "v": "value"})
+    return BlockWeights(
+        ln1_w=source.get(f"{p}layernorm_before.weight"), ln1_b=source.get(f"{p}layernorm_before.bias"),
+        o_w=source.get(f"{p}attention.output.dense.weight"), o_b=source.optional(f"{p}attention.output.dense.bias"),
+        ln2_w=source.get(f"{p}layernorm_after.weight"), ln2_b=source.get(f"{p}layernorm_after.bias"),
+        fc1_w=source.get(f"{p}intermediate.dense.weight"), fc1_b=source.optional(f"{p}intermediate.dense.bias"),
+        fc2_w=source.get(f"{p}output.dense.weight"), fc2_b=source.optional(f"{p}output.dense.bias"),
+        **projections,
+    )
