@@ -47,3 +47,27 @@ def make_hub_cache(cache: Path, repo_id: str, files: dict[str, Path]) -> None:
         target = repo_folder / "snapshots" / commit / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, target)
+
+
+def assert_every_hook_fires_once_and_matters(model, inputs, **forward_kwargs) -> None:
+    """Run ``model`` on ``inputs``: every hook in its ``hook_dict`` fires exactly once, and adding noise at any
+    one of them changes the output."""
+    names = sorted(model.hook_dict)
+    fired = dict.fromkeys(names, 0)
+
+    def count(activation, hook):
+        fired[hook.name] += 1
+
+    with torch.no_grad():
+        clean = model.run_with_hooks(inputs, fwd_hooks=[(name, count) for name in names], **forward_kwargs)
+    assert all(times == 1 for times in fired.values()), {name: times for name, times in fired.items() if times != 1}
+
+    def nudge(activation, hook):
+        noise = torch.randn(activation.shape, generator=torch.Generator().manual_seed(1)).to(activation.dtype)
+        # Large enough to move even a near-uniform attention pattern of a tiny random model.
+        return activation + noise * (activation.abs().mean() + 1)
+
+    for name in names:
+        with torch.no_grad():
+            edited = model.run_with_hooks(inputs, fwd_hooks=[(name, nudge)], **forward_kwargs)
+        assert not torch.equal(edited, clean), f"editing {name} did not change the output"

@@ -11,7 +11,7 @@ from vit_sae_hooks import SAE, HookedViT, SAEConfig
 from vit_sae_hooks.errors import CheckpointFormatError, InputShapeError
 from vit_sae_hooks.tokens import TokenSelection
 
-from helpers import randomise_defaults
+from helpers import assert_every_hook_fires_once_and_matters, randomise_defaults
 
 TOLERANCE = 1e-4
 BASE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
@@ -170,26 +170,7 @@ def test_padding_belongs_to_no_token_set_and_is_never_spliced(saved):
 def test_every_hook_fires_once_and_every_edit_changes_the_output(name, saved):
     model = HookedViT.from_pretrained(saved[name][1])
     height, width = FAMILIES[name][2][0]
-    images = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
-    names = sorted(model.hook_dict)
-    fired: dict[str, int] = dict.fromkeys(names, 0)
-
-    def count(activation, hook):
-        fired[hook.name] += 1
-
-    with torch.no_grad():
-        clean = model.run_with_hooks(images, fwd_hooks=[(hook_name, count) for hook_name in names])
-    assert all(times == 1 for times in fired.values()), {n: t for n, t in fired.items() if t != 1}
-
-    def nudge(activation, hook):
-        noise = torch.randn(activation.shape, generator=torch.Generator().manual_seed(1)).to(activation.dtype)
-        # Large enough to move even a near-uniform attention pattern of a tiny random model.
-        return activation + noise * (activation.abs().mean() + 1)
-
-    for hook_name in names:
-        with torch.no_grad():
-            edited = model.run_with_hooks(images, fwd_hooks=[(hook_name, nudge)])
-        assert not torch.equal(edited, clean), f"editing {hook_name} did not change the output"
+    assert_every_hook_fires_once_and_matters(model, torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0)))
 
 
 def test_rotary_models_hook_rotated_queries_and_have_no_position_table(saved):

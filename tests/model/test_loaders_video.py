@@ -11,7 +11,7 @@ from vit_sae_hooks import SAE, HookedViT, SAEConfig
 from vit_sae_hooks.tokens import TokenSelection
 from vit_sae_hooks.viz import feature_heatmap
 
-from helpers import randomise_defaults
+from helpers import assert_every_hook_fires_once_and_matters, randomise_defaults
 
 TOLERANCE = 1e-4
 BASE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
@@ -106,25 +106,7 @@ def test_every_block_and_the_output_match_transformers(name, saved):
 @pytest.mark.parametrize("name", ["vivit", "vjepa2", "timesformer_divided"])
 def test_every_hook_fires_once_and_every_edit_changes_the_output(name, saved):
     model = HookedViT.from_pretrained(saved[name][1])
-    clips = _clips(FAMILIES[name][2][0])
-    names = sorted(model.hook_dict)
-    fired = dict.fromkeys(names, 0)
-
-    def count(activation, hook):
-        fired[hook.name] += 1
-
-    with torch.no_grad():
-        clean = model.run_with_hooks(clips, fwd_hooks=[(hook_name, count) for hook_name in names])
-    assert all(times == 1 for times in fired.values()), {n: t for n, t in fired.items() if t != 1}
-
-    def nudge(activation, hook):
-        noise = torch.randn(activation.shape, generator=torch.Generator().manual_seed(1)).to(activation.dtype)
-        return activation + noise * (activation.abs().mean() + 1)
-
-    for hook_name in names:
-        with torch.no_grad():
-            edited = model.run_with_hooks(clips, fwd_hooks=[(hook_name, nudge)])
-        assert not torch.equal(edited, clean), f"editing {hook_name} did not change the output"
+    assert_every_hook_fires_once_and_matters(model, _clips(FAMILIES[name][2][0]))
 
 
 @pytest.mark.parametrize("name", ["vivit", "vjepa2", "timesformer_divided"])
