@@ -226,3 +226,20 @@ def test_saes_splice_evaluate_and_train_on_every_family(name, saved):
     result = evaluate(model, sae, images, head=None, batch_size=4, progress=False)
     n_tokens = 8 * (model.cfg.n_ctx - model.cfg.n_prefix_tokens if tokens == "patches" else model.cfg.n_ctx)
     assert result.n_tokens == n_tokens and 0 < result.metrics["avg_l0"] <= 4
+
+
+def test_heatmaps_of_a_padded_batch_equal_each_images_own(saved):
+    from vit_sae_hooks.viz import feature_heatmap, patch_maps, token_activations
+
+    model = HookedViT.from_pretrained(saved["siglip2_naflex"][1])
+    sae = SAE(SAEConfig(d_in=32, d_sae=64, architecture="topk", k=8, hook_name="blocks.0.hook_resid_post"))
+    wide, tall = torch.randn(1, 3, 8, 20), torch.randn(1, 3, 16, 12)
+    first, second = naflex(wide, 4, 32), naflex(tall, 4, 32)
+    pixel_values, mask, shapes = (torch.cat(part) for part in zip(first, second, strict=True))
+    acts, positions = token_activations(model, sae, pixel_values, [5], pixel_attention_mask=mask, spatial_shapes=shapes)
+    maps = patch_maps(acts, positions, 0, (4, 5), model.token_layout)
+    alone_wide, alone_tall = feature_heatmap(model, sae, wide[0], 5), feature_heatmap(model, sae, tall[0], 5)
+    assert alone_wide.shape == (2, 5) and alone_tall.shape == (4, 3)
+    torch.testing.assert_close(maps[0, 0, :2, :5], alone_wide, atol=1e-5, rtol=0)
+    torch.testing.assert_close(maps[1, 0, :4, :3], alone_tall, atol=1e-5, rtol=0)
+    assert not maps[0, 0, 2:].any() and not maps[1, 0, :, 3:].any()

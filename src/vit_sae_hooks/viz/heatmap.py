@@ -62,12 +62,14 @@ def patch_grid_size(model: HookedViT, images: Tensor) -> tuple[int, int]:
 
 
 def token_activations(
-    model: HookedViT, sae: SAE, images: Float[Tensor, "batch channels height width"], features: FeatureSpec
+    model: HookedViT, sae: SAE, images: Float[Tensor, "batch channels height width"], features: FeatureSpec,
+    **model_inputs: Any,
 ) -> tuple[Float[Tensor, "batch rows n_features"], Int[Tensor, " rows"] | None]:
     """The activations of ``features`` on every token the SAE reads, and the model position of each row.
 
     Rows are the SAE's tokens (``sae.token_set``); positions are None when the hook has no token axis
-    (e.g. ``hook_pooled``), and then there is one row per image. Runs without gradients.
+    (e.g. ``hook_pooled``), and then there is one row per image. Runs without gradients. ``model_inputs`` go to
+    the model with ``images`` (SigLIP 2's ``pixel_attention_mask`` and ``spatial_shapes``).
 
     Example:
         >>> acts, positions = token_activations(model, sae, images, [3, 17])  # acts: [batch, 50, 2]
@@ -86,7 +88,7 @@ def token_activations(
     # Nothing after the hook's block changes the SAE's activations, so the rest of the model is skipped.
     stop = {"stop_at_layer": stop_at} if stop_at is not None else {"return_type": None}
     with torch.no_grad(), model.saes([sae], use_error_term=False):
-        model.run_with_hooks(images, fwd_hooks=[(f"{hook_name}.hook_sae_acts_post", capture)], **stop)
+        model.run_with_hooks(images, fwd_hooks=[(f"{hook_name}.hook_sae_acts_post", capture)], **stop, **model_inputs)
     positions = captured["positions"]
     return captured["acts"], (positions.cpu() if positions is not None else None)
 
@@ -102,13 +104,17 @@ def patch_maps(
 
     CLS and register rows are left out; patches the SAE does not read stay 0. For video (a ``layout`` with
     several frames, e.g. ``model.token_layout``) there is one grid per frame: ``[batch, n_features, frames,
-    grid_h, grid_w]``.
+    grid_h, grid_w]``. For a padded batch of images of different grids (a ``layout`` with ``grids``, SigLIP 2's
+    NaFlex inputs) each image's grid sits in the top-left corner of ``grid_size`` (which must hold the largest),
+    and padding tokens are left out.
 
     Example:
         >>> maps = patch_maps(*token_activations(model, sae, images, [3]), model.cfg.n_prefix_tokens, (7, 7))
     """
     if positions is None:
         return None
+    if layout is not None and layout.grids is not None:
+        return _padded_patch_maps(acts, positions, layout, grid_size)
     if layout is None or layout.frames == 1:
         layout = TokenLayout(n_prefix_tokens, grid=grid_size)
     is_patch = layout.is_patch(positions)
@@ -127,6 +133,24 @@ def patch_maps(
     maps[:, :, flat] = acts[:, is_patch.to(acts.device)].transpose(1, 2)
     maps = maps.unflatten(-1, (layout.frames, *grid_size))
     return maps if layout.frames > 1 else maps[:, :, 0]
+
+
+def _padded_patch_maps(
+    acts: Float[Tensor, "batch rows n_features"], positions: Int[Tensor, " rows"], layout: TokenLayout,
+    canvas: tuple[int, int],
+) -> Float[Tensor, "batch n_features canvas_h canvas_w"] | None:
+    grids = layout.grids.cpu()
+    if int(grids[:, 0].max()) > canvas[0] or int(grids[:, 1].max()) > canvas[1]:
+        raise InputShapeError(f"grid_size {canvas} cannot hold the largest image grid {tuple(grids.max(0).values.tolist())}")
+    batch, _, n_features = acts.shape
+    maps = acts.new_zeros(batch, n_features, *canvas)
+    patch_rows = layout.is_patch(positions)
+    for image, (rows, columns) in enumerate(grids.tolist()):
+        index = layout.patch_index(positions) * patch_rows
+        real = patch_rows & (index < rows * columns)
+        grid_row, grid_column = index[real] // columns, index[real] % columns
+        maps[image, :, grid_row, grid_column] = acts[image, real.to(acts.device)].T
+    return maps if bool(patch_rows.any()) else None
 
 
 def feature_heatmap(
