@@ -1,4 +1,4 @@
-"""Plain-PyTorch kernels: the default on CPU and the fallback everywhere else.
+"""Plain-PyTorch kernels: the default on CUDA and non-float32 CPU tensors, and the fallback everywhere else.
 
 Four primitives cover the forward and backward of a TopK SAE:
 
@@ -37,13 +37,14 @@ def topk_last_dim(
     Example:
         >>> values, indices = topk_last_dim(torch.randn(4, 4096), 8)
 
-    A row's k largest entries all live in the k groups (of ``_TOPK_GROUP`` columns) with the
-    largest maxima, so a cheap pass of group maxima shrinks the partial sort to ``k * group``
-    candidates; ``torch.topk`` over all ``d_sae`` columns is about twice as slow.
+    On CPU, a row's k largest entries all live in the k groups (of ``_TOPK_GROUP`` columns) with
+    the largest maxima, so a cheap pass of group maxima shrinks the partial sort to ``k * group``
+    candidates; ``torch.topk`` over all ``d_sae`` columns is about twice as slow there. Other
+    devices use ``torch.topk``: the grouped pass was only measured on CPU.
     """
     n_rows, n_cols = scores.shape
     n_groups = n_cols // _TOPK_GROUP
-    if n_groups < _GROUPED_MIN_GROUPS_PER_K * k:
+    if scores.device.type != "cpu" or n_groups < _GROUPED_MIN_GROUPS_PER_K * k:
         return scores.topk(k, dim=-1, sorted=False)
     grouped_cols = n_groups * _TOPK_GROUP
     grouped = scores[:, :grouped_cols].unflatten(1, (n_groups, _TOPK_GROUP))
