@@ -78,8 +78,7 @@ def main() -> None:
         used = resources(triton_encode._encode_candidates_kernel, signature, constants, warps)
         label = f"encode {dtype} k {k} tile {block_n}x{block_l} warps {warps}"
         print(f"{label:<44} {used['registers']:>5} {used['stack_bytes']:>8} {used['shared_bytes']:>9} {used['hgmma']:>6}")
-    for dtype in TRITON_TYPES:
-        t = TRITON_TYPES[dtype]
+    for dtype, t in TRITON_TYPES.items():
         decode_kernels = [
             ("gather_sum", triton_decode._gather_sum_kernel,
              {"indices_ptr": "*i64", "weights_ptr": f"*{t}", "table_ptr": f"*{t}", "out_ptr": f"*{t}",
