@@ -5,11 +5,13 @@ caching every hook and of forcing the explicit attention path, and the cost of o
 blocks.9.hook_resid_post against its encode GEMM alone, written into a preallocated buffer (target:
 spliced <= bare + 1.15x the GEMM). With
 ``--memory`` it also measures, each in a fresh process, the peak memory growth of the bare and the spliced
-forward, next to the size a dense ``[tokens, d_sae]`` activation tensor would take.
+forward, next to the size a dense ``[tokens, d_sae]`` activation tensor would take; on CUDA every case's
+peak allocation is reported anyway. Both models use PyTorch's scaled-dot-product attention (SDPA).
 
     python benchmarks/bench_model.py            # ViT-B/32 shape, batch 32
     python benchmarks/bench_model.py --quick    # smaller, for a smoke run
     python benchmarks/bench_model.py --json benchmarks/results/bench_model_cpu.json
+    python benchmarks/bench_model.py --device cuda --dtype bfloat16 --batch 256   # as benchmarks/gpu/run.sh does
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def main() -> None:
     batch = args.batch or (8 if args.quick else 32)
     config = transformers.CLIPVisionConfig(
         hidden_size=768, intermediate_size=3072, num_hidden_layers=layers, num_attention_heads=12,
-        image_size=224, patch_size=32, hidden_act="gelu",
+        image_size=224, patch_size=32, hidden_act="gelu", attn_implementation="sdpa",
     )
     torch.manual_seed(0)
     hf_model = transformers.CLIPVisionModel(config).eval()
@@ -108,9 +110,19 @@ def main() -> None:
     sae = _sae(args.d_sae, layers).to(device=args.device, dtype=dtype)
     # The SAE's own forward inside the spliced model, timed by module hooks: the splice cost without
     # the noise of subtracting two whole-model timings.
-    sae_inside: list[float] = []
-    sae.register_forward_pre_hook(lambda module, inputs: sae_inside.append(-time.perf_counter()))
-    sae.register_forward_hook(lambda module, inputs, output: sae_inside.append(sae_inside.pop() + time.perf_counter()))
+    # On CUDA the hooks record events (the host runs ahead of the GPU), read once the repeats are done.
+    sae_inside: list = []
+    if args.device.startswith("cuda"):
+        def mark() -> torch.cuda.Event:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+
+        sae.register_forward_pre_hook(lambda module, inputs: sae_inside.append(mark()))
+        sae.register_forward_hook(lambda module, inputs, output: sae_inside.append((sae_inside.pop(), mark())))
+    else:
+        sae.register_forward_pre_hook(lambda module, inputs: sae_inside.append(-time.perf_counter()))
+        sae.register_forward_hook(lambda module, inputs, output: sae_inside.append(sae_inside.pop() + time.perf_counter()))
     tokens = torch.randn(batch * model.cfg.n_ctx, 768, device=args.device, dtype=dtype)
     floor_out = torch.empty(tokens.shape[0], args.d_sae, device=args.device, dtype=dtype)  # allocated once
 
@@ -131,6 +143,14 @@ def main() -> None:
         "HookedViT + TopK SAE spliced": synced(lambda: model.run_with_saes(images, saes=[sae])),
         "encode GEMM alone (floor)": synced(lambda: torch.mm(tokens, sae.W_enc, out=floor_out)),
     }
+    peak_mib = {}
+    if args.device.startswith("cuda"):
+        # One call each, alone, for the peak memory it allocates beyond what is already held.
+        for name, fn in cases.items():
+            torch.cuda.reset_peak_memory_stats()
+            held = torch.cuda.memory_allocated()
+            fn()
+            peak_mib[name] = (torch.cuda.max_memory_allocated() - held) / 2**20
     # Interleave the repeats so drift in machine load hits every case alike.
     results = {name: [] for name in cases}
     sae_inside.clear()  # drop the warm-up calls
@@ -142,20 +162,26 @@ def main() -> None:
     baseline = seconds_by_case["HF CLIPVisionModel"]
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
     print(f"ViT-B/32 shape, {layers} layers, batch {batch}, {args.dtype}, {args.device} ({device_name}), "
-          f"{torch.get_num_threads()} threads, {args.statistic} of {args.repeats} interleaved repeats")
-    print(f"{'case':<40} {'seconds':>9} {'x HF':>7}")
+          f"{torch.get_num_threads()} threads, {args.statistic} of {args.repeats} interleaved repeats; "
+          f"HF attention: {hf_model.config._attn_implementation}")
+    print(f"{'case':<40} {'seconds':>9} {'x HF':>7}" + (f" {'peak MiB':>9}" if peak_mib else ""))
     for name, seconds in seconds_by_case.items():
-        print(f"{name:<40} {seconds:>9.4f} {seconds / baseline:>7.3f}")
+        peak = f" {peak_mib[name]:>9.0f}" if name in peak_mib else ""
+        print(f"{name:<40} {seconds:>9.4f} {seconds / baseline:>7.3f}{peak}")
     spliced, plain = seconds_by_case["HookedViT + TopK SAE spliced"], seconds_by_case["HookedViT"]
     splice_cost = (spliced - plain) / seconds_by_case["encode GEMM alone (floor)"]
+    if args.device.startswith("cuda"):
+        sae_inside = [start.elapsed_time(stop) / 1e3 for start, stop in sae_inside]
     sae_cost = summarise(sae_inside) / seconds_by_case["encode GEMM alone (floor)"]
     print(f"SAE forward inside the spliced model: {sae_cost:.3f}x the encode GEMM (timed by module hooks)")
     print(f"SAE splice cost: {splice_cost:.3f}x the encode GEMM (target <= 1.15; d_sae {args.d_sae}, k 64, "
           f"{batch * model.cfg.n_ctx} tokens)")
-    results = {"device": device_name, "statistic": f"{args.statistic} of {args.repeats}", "dtype": args.dtype,
+    results = {"device": device_name, "device_type": torch.device(args.device).type,
+               "statistic": f"{args.statistic} of {args.repeats}", "dtype": args.dtype,
                "batch": batch, "layers": layers, "d_sae": args.d_sae,
                "seconds": seconds_by_case, "ratio_to_hf": {k: v / baseline for k, v in seconds_by_case.items()},
-               "splice_cost_in_encode_gemms": splice_cost, "sae_forward_in_model_in_encode_gemms": sae_cost}
+               "splice_cost_in_encode_gemms": splice_cost, "sae_forward_in_model_in_encode_gemms": sae_cost,
+               "hf_attention": hf_model.config._attn_implementation, "peak_mib": peak_mib}
     if args.memory:
         growth = {}
         for case in ("bare", "spliced"):

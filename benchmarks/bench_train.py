@@ -4,11 +4,13 @@ Both rows run the same full training step (forward, loss, backward, decoder-grad
 clipping, Adam, unit-norm decoder rows) on the same batch and weights. ``ours`` is the trainer's objective:
 ``encode_topk`` + ``decode_topk`` with their sparse backward passes. ``dense`` is the TopK SAE as peers
 train it: top-k of the pre-activations, scattered into an ``[N, d_sae]`` zero tensor, decoded by a GEMM,
-differentiated by autograd. ``ours+auxk`` adds the AuxK loss with 10% of the latents dead.
+differentiated by autograd. ``ours+auxk`` adds the AuxK loss with 10% of the latents dead. On CUDA the
+forward runs under bfloat16 autocast, as the trainer runs it (``--no-autocast`` for float32).
 
     python benchmarks/bench_train.py --quick           # small shapes, smoke run
     python benchmarks/bench_train.py                   # d_in 768, d_sae 12288 and 49152, k 32, batch 1024
     python benchmarks/bench_train.py --json benchmarks/results/bench_train_cpu.json
+    python benchmarks/bench_train.py --device cuda --batch 4096 --repeats 20   # as benchmarks/gpu/run.sh does
 """
 
 from __future__ import annotations
@@ -54,9 +56,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-autocast", action="store_true", help="on CUDA, train in float32 (the trainer's autocast=False)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     device = torch.device(args.device)
+    autocast = device.type == "cuda" and not args.no_autocast
     d_in = 256 if args.quick else 768
     widths = [16 * d_in] if args.quick else [16 * d_in, 64 * d_in]
     batch = args.batch or 1024
@@ -80,7 +84,8 @@ def main() -> None:
             optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4)
 
             def step(objective=objective, sae=sae, optimizer=optimizer, dead_mask=dead_mask, x=x) -> None:
-                loss = objective(x, dead_mask, 0.0)[0]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    loss = objective(x, dead_mask, 0.0)[0]
                 loss.backward()
                 optimisation_step(sae, optimizer, grad_clip=1.0)
                 _sync(device)
@@ -98,16 +103,19 @@ def main() -> None:
         for name in rows:
             seconds = statistics.median(times[name])
             results.append({
-                "row": name, "d_in": d_in, "d_sae": d_sae, "k": args.k, "batch": batch,
+                "row": name, "d_in": d_in, "d_sae": d_sae, "k": args.k, "batch": batch, "autocast_bf16": autocast,
                 "ms_per_step": seconds * 1e3, "tokens_per_s": batch / seconds, "speedup_vs_dense": dense / seconds,
             })
+    print(f"training step, d_in {d_in}, k {args.k}, batch {batch}, {device}"
+          f"{' (bfloat16 autocast)' if autocast else ''}, median of {args.repeats}")
     print(f"{'row':<10} {'d_sae':>7} {'ms/step':>9} {'tokens/s':>10} {'x dense':>8}")
     for row in results:
         print(f"{row['row']:<10} {row['d_sae']:>7} {row['ms_per_step']:>9.1f} {row['tokens_per_s']:>10.0f} "
               f"{row['speedup_vs_dense']:>8.2f}")
     if args.json:
         machine = {"device": str(device), "platform": platform.platform(), "processor": platform.processor(),
-                   "threads": torch.get_num_threads(), "torch": torch.__version__}
+                   "threads": torch.get_num_threads(), "torch": torch.__version__,
+                   "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"machine": machine, "results": results}, handle, indent=1)
 

@@ -20,17 +20,20 @@ Both are differentiable with sparse backward passes (see ``autograd.py``). The k
 - ``"triton"``: fused GEMM + top-k epilogue and Triton sparse decode/backward (CUDA tensors;
   CPU only under ``TRITON_INTERPRET=1``, for testing).
 
-``"auto"`` is ``"triton"`` for float32/bfloat16/float16 CUDA tensors when Triton imports,
-``"native"`` for float32 CPU tensors when its kernel builds (``native.status()`` says why not),
-``"chunked"`` on CPU once the dense pre-activations would exceed ``AUTO_CHUNK_ELEMENTS``,
-``"torch"`` otherwise. Any input preprocessing (subtracting ``b_dec``, normalisation) is the SAE
-module's job.
+``"auto"`` is ``"native"`` for float32 CPU tensors when its kernel builds (``native.status()``
+says why not), ``"chunked"`` on CPU once the dense pre-activations would exceed
+``AUTO_CHUNK_ELEMENTS``, ``"torch"`` otherwise, CUDA included: there it is one cuBLAS GEMM + bias,
+``torch.topk``, ReLU on the k values and an ``embedding_bag`` decode, the path least likely to be
+wrong, until GPU measurements show the Triton kernels correct and faster per dtype and shape
+(docs/performance.md). ``resolved_backend`` says which one a call would run. Any input
+preprocessing (subtracting ``b_dec``, normalisation) is the SAE module's job.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,7 +50,15 @@ from vit_sae_hooks.kernels.autograd import KernelSet, SparseDecode, TopKEncode
 from vit_sae_hooks.kernels.relu_decode import decode_dense_or_sparse
 from vit_sae_hooks.kernels.validation import check_chunk_size, check_decode_inputs, check_encode_inputs
 
-__all__ = ["AUTO_CHUNK_ELEMENTS", "Backend", "decode_dense_or_sparse", "decode_topk", "encode_topk", "use_backend"]
+__all__ = [
+    "AUTO_CHUNK_ELEMENTS",
+    "Backend",
+    "decode_dense_or_sparse",
+    "decode_topk",
+    "encode_topk",
+    "resolved_backend",
+    "use_backend",
+]
 
 Backend = Literal["auto", "native", "torch", "chunked", "compile", "triton"]
 
@@ -116,13 +127,21 @@ def _resolve_backend(backend: str, tensor: Tensor, n_pre_elements: int) -> str:
         backend = _PREFERRED_BACKEND.get()
     if backend != "auto":
         return backend
-    if tensor.is_cuda and tensor.dtype in _TRITON_DTYPES and _triton_importable():
-        return "triton"
     if _native_usable(tensor):
         return "native"  # row blocks bound its memory, so it never needs "chunked"
     if not tensor.is_cuda and n_pre_elements > AUTO_CHUNK_ELEMENTS:
         return "chunked"
     return "torch"
+
+
+def resolved_backend(x: Tensor, d_sae: int, backend: Backend = "auto") -> str:
+    """The backend an ``encode_topk`` call on ``x`` with ``d_sae`` latents runs, ``use_backend`` blocks included.
+
+    Example:
+        >>> resolved_backend(torch.randn(1600, 768, device="cuda"), 49152)
+        'torch'
+    """
+    return _resolve_backend(backend, x, math.prod(x.shape[:-1]) * d_sae)
 
 
 def _kernels_for(backend: str, tensor: Tensor, n_pre_elements: int, chunk_size: int | None) -> KernelSet:

@@ -37,6 +37,9 @@ class TopKEncode(torch.autograd.Function):
         ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor | None, k: int, apply_relu: bool, kernels: KernelSet
     ) -> tuple[Tensor, Tensor]:
         values, indices = kernels.encode_forward(x, W_enc, b_enc, k)
+        # Under autocast the GEMM may have run in bfloat16; the contract is values in x's dtype, which
+        # the decode (whose weights keep theirs) accepts, as every backend returns without autocast.
+        values = values.to(x.dtype)
         if apply_relu:
             values = values.relu()
         ctx.save_for_backward(x, W_enc, values, indices)

@@ -1,4 +1,4 @@
-"""Plain-PyTorch kernels: the default on CPU and the fallback everywhere else.
+"""Plain-PyTorch kernels: the default on CUDA and non-float32 CPU tensors, and the fallback everywhere else.
 
 Four primitives cover the forward and backward of a TopK SAE:
 
@@ -16,10 +16,13 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-# Elements of the [rows, k, d] intermediate materialised per step by gather_dot/scatter_outer:
-# 4M floats (16 MiB in float32) keeps the temporary in the last-level cache's neighbourhood
-# while making the per-step Python overhead negligible.
+# Elements of the [rows, k, d] intermediate materialised per step by gather_dot/scatter_outer.
+# CPU: 4M floats (16 MiB in float32) keeps the temporary in the last-level cache's neighbourhood
+# while making the per-step Python overhead negligible. A GPU streams 16 MiB in ~5 us, less than
+# the launches of one step cost, so there a step takes 64M elements (256 MiB in float32): 13
+# steps instead of 193 at N 16384, k 64, d 768.
 _GATHER_BUDGET_ELEMENTS = 1 << 22
+_GATHER_BUDGET_ELEMENTS_GPU = 1 << 26
 
 # Latents per group in the two-stage top-k; 32 measured fastest at d_sae 49152 on a 2-core
 # Sapphire Rapids (16: 0.14 s, 32: 0.09 s, 64: 0.09 s, 128: 0.13 s, torch.topk: 0.18 s at N 1600).
@@ -37,13 +40,14 @@ def topk_last_dim(
     Example:
         >>> values, indices = topk_last_dim(torch.randn(4, 4096), 8)
 
-    A row's k largest entries all live in the k groups (of ``_TOPK_GROUP`` columns) with the
-    largest maxima, so a cheap pass of group maxima shrinks the partial sort to ``k * group``
-    candidates; ``torch.topk`` over all ``d_sae`` columns is about twice as slow.
+    On CPU, a row's k largest entries all live in the k groups (of ``_TOPK_GROUP`` columns) with
+    the largest maxima, so a cheap pass of group maxima shrinks the partial sort to ``k * group``
+    candidates; ``torch.topk`` over all ``d_sae`` columns is about twice as slow there. Other
+    devices use ``torch.topk``: the grouped pass was only measured on CPU.
     """
     n_rows, n_cols = scores.shape
     n_groups = n_cols // _TOPK_GROUP
-    if n_groups < _GROUPED_MIN_GROUPS_PER_K * k:
+    if scores.device.type != "cpu" or n_groups < _GROUPED_MIN_GROUPS_PER_K * k:
         return scores.topk(k, dim=-1, sorted=False)
     grouped_cols = n_groups * _TOPK_GROUP
     grouped = scores[:, :grouped_cols].unflatten(1, (n_groups, _TOPK_GROUP))
@@ -132,9 +136,9 @@ def gather_sum(
     return F.embedding_bag(indices, table, per_sample_weights=weights.to(table.dtype), mode="sum")
 
 
-def _row_chunks(n_rows: int, k: int, d: int) -> range:
-    rows_per_step = max(1, _GATHER_BUDGET_ELEMENTS // max(1, k * d))
-    return range(0, n_rows, rows_per_step)
+def _rows_per_step(k: int, d: int, device: torch.device) -> int:
+    budget = _GATHER_BUDGET_ELEMENTS if device.type == "cpu" else _GATHER_BUDGET_ELEMENTS_GPU
+    return max(1, budget // max(1, k * d))
 
 
 def gather_dot(
@@ -147,7 +151,7 @@ def gather_dot(
     """
     n_rows, k = indices.shape
     out = torch.empty(n_rows, k, dtype=table.dtype, device=table.device)
-    step = _row_chunks(n_rows, k, table.shape[1]).step
+    step = _rows_per_step(k, table.shape[1], table.device)
     for start in range(0, n_rows, step):
         stop = start + step
         gathered = table[indices[start:stop]]
@@ -168,7 +172,7 @@ def scatter_outer(
     n_rows, k = indices.shape
     accumulate_dtype = torch.promote_types(rows.dtype, torch.float32)
     out = torch.zeros(n_latents, rows.shape[1], dtype=accumulate_dtype, device=rows.device)
-    step = _row_chunks(n_rows, k, rows.shape[1]).step
+    step = _rows_per_step(k, rows.shape[1], rows.device)
     for start in range(0, n_rows, step):
         stop = start + step
         contributions = weights[start:stop, :, None].to(accumulate_dtype) * rows[start:stop, None, :].to(accumulate_dtype)

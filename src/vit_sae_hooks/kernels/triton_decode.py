@@ -15,7 +15,11 @@ import triton.language as tl
 from jaxtyping import Float, Int
 from torch import Tensor
 
-_BLOCK_D = 128
+# Output columns per program of gather_sum and scatter_outer, and rows per gather_sum program.
+BLOCK_D = 128
+GATHER_SUM_BLOCK_ROWS = 16
+# Columns per step of gather_dot's dot products.
+GATHER_DOT_BLOCK_D = 64
 
 
 @triton.jit
@@ -28,9 +32,10 @@ def _gather_sum_kernel(
     row_mask = rows < n_rows
     mask = row_mask[:, None] & (cols < d)[None, :]
     acc = tl.zeros((BLOCK_ROWS, BLOCK_D), dtype=tl.float32)
+    slots_start = rows.to(tl.int64) * k  # int64: n * k passes 2^31 at 33M rows for k 64
     for slot in range(k):
-        latent = tl.load(indices_ptr + rows * k + slot, mask=row_mask, other=0).to(tl.int64)
-        weight = tl.load(weights_ptr + rows * k + slot, mask=row_mask, other=0.0).to(tl.float32)
+        latent = tl.load(indices_ptr + slots_start + slot, mask=row_mask, other=0).to(tl.int64)
+        weight = tl.load(weights_ptr + slots_start + slot, mask=row_mask, other=0.0).to(tl.float32)
         vectors = tl.load(table_ptr + latent[:, None] * d + cols[None, :], mask=mask, other=0.0)
         acc += weight[:, None] * vectors.to(tl.float32)
     tl.store(out_ptr + rows[:, None].to(tl.int64) * d + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
@@ -89,11 +94,10 @@ def gather_sum(
     out = torch.empty(n_rows, d, dtype=table.dtype, device=table.device)
     if n_rows == 0 or d == 0:
         return out.zero_()
-    block_rows = 16
-    grid = (triton.cdiv(n_rows, block_rows), triton.cdiv(d, _BLOCK_D))
+    grid = (triton.cdiv(n_rows, GATHER_SUM_BLOCK_ROWS), triton.cdiv(d, BLOCK_D))
     _gather_sum_kernel[grid](
         indices.contiguous(), weights.contiguous(), table.contiguous(), out, n_rows, d, k,
-        BLOCK_ROWS=block_rows, BLOCK_D=_BLOCK_D,
+        BLOCK_ROWS=GATHER_SUM_BLOCK_ROWS, BLOCK_D=BLOCK_D,
     )
     return out
 
@@ -114,7 +118,7 @@ def gather_dot(
     grid = (n_rows, triton.cdiv(k, block_k))
     _gather_dot_kernel[grid](
         indices.contiguous(), rows.contiguous(), table.contiguous(), out, table.shape[1], k,
-        BLOCK_K=block_k, BLOCK_D=64,
+        BLOCK_K=block_k, BLOCK_D=GATHER_DOT_BLOCK_D,
     )
     return out
 
@@ -131,13 +135,14 @@ def scatter_outer(
     d = rows.shape[1]
     flat = indices.flatten()
     # Stable sort groups each latent's contributions in row order: a fixed summation order.
-    order = torch.argsort(flat, stable=True)
-    starts = torch.zeros(n_latents + 1, dtype=torch.int64, device=flat.device)
-    starts[1:] = torch.bincount(flat, minlength=n_latents).cumsum(0)
+    sorted_latents, order = torch.sort(flat, stable=True)
+    # Where each latent's run starts in the sorted order. (torch.bincount would count them too, but on
+    # CUDA it reads the largest index back to the host to size its output: a sync per backward.)
+    starts = torch.searchsorted(sorted_latents, torch.arange(n_latents + 1, device=flat.device))
     out = torch.empty(n_latents, d, dtype=torch.float32, device=rows.device)
     if d > 0:
-        grid = (n_latents, triton.cdiv(d, _BLOCK_D))
+        grid = (n_latents, triton.cdiv(d, BLOCK_D))
         _scatter_outer_kernel[grid](
-            order, starts, weights.contiguous().flatten(), rows.contiguous(), out, d, k, BLOCK_D=_BLOCK_D
+            order, starts, weights.contiguous().flatten(), rows.contiguous(), out, d, k, BLOCK_D=BLOCK_D
         )
     return out.to(rows.dtype)

@@ -18,7 +18,13 @@ import triton.language as tl
 from jaxtyping import Float, Int
 from torch import Tensor
 
-_HAS_TL_TOPK = hasattr(tl, "topk")
+HAS_TL_TOPK = hasattr(tl, "topk")
+# Input dimensions per GEMM step; tl.dot needs at least 16.
+BLOCK_D = 32
+# Warps per program on CUDA. With 4, a 64 x 256 tile's int64 keys spill: ptxas reports 1.2-1.6 KB of
+# stack per thread at k 64 (Triton 3.9, sm_90); with 8, none in bfloat16/float16 and 16 B in float32
+# (benchmarks/gpu/triton_resources.py). The CPU interpreter ignores it.
+CUDA_NUM_WARPS = 8
 
 
 @triton.jit
@@ -79,6 +85,17 @@ def unpack_keys(keys: Int[Tensor, "n k"]) -> tuple[Float[Tensor, "n k"], Int[Ten
     return bits.view(torch.float32), keys & 0xFFFFFFFF
 
 
+def default_block_l(candidates_per_block: int) -> int:
+    """Latents per tile: 4x the candidates kept per tile (so the key buffer holds at most a quarter of
+    the dense pre-activations), between 32 and 512.
+
+    Example:
+        >>> default_block_l(64)
+        256
+    """
+    return min(max(4 * candidates_per_block, 32), 512)
+
+
 def encode_forward(
     x: Float[Tensor, "n d_in"],
     W_enc: Float[Tensor, "d_in d_sae"],
@@ -87,7 +104,8 @@ def encode_forward(
     *,
     block_n: int | None = None,
     block_l: int | None = None,
-    block_d: int = 32,
+    block_d: int = BLOCK_D,
+    num_warps: int = CUDA_NUM_WARPS,
 ) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
     """Top-``k`` pre-activations of ``x @ W_enc + b_enc`` without writing the ``[n, d_sae]`` tensor.
 
@@ -95,7 +113,8 @@ def encode_forward(
         >>> values, indices = encode_forward(x, W_enc, b_enc, 64)  # CUDA tensors
 
     float32 inputs use IEEE products unless ``torch.backends.cuda.matmul.allow_tf32`` is set,
-    matching what ``x @ W_enc`` would do.
+    matching what ``x @ W_enc`` would do. The tile is ``block_n`` rows by ``block_l`` latents,
+    stepping ``block_d`` input dimensions at a time, run by ``num_warps`` warps.
     """
     n_rows, d_in = x.shape
     d_sae = W_enc.shape[1]
@@ -104,7 +123,7 @@ def encode_forward(
         block_n = 64 if x.is_cuda else 16
     candidates_per_block = triton.next_power_of_2(k)
     if block_l is None:
-        block_l = min(max(4 * candidates_per_block, 32), 512)
+        block_l = default_block_l(candidates_per_block)
     block_l = max(block_l, candidates_per_block, 16)
     candidates_per_block = min(candidates_per_block, block_l)
     n_blocks = triton.cdiv(d_sae, block_l)
@@ -119,11 +138,12 @@ def encode_forward(
         x.stride(0), x.stride(1), W_enc.stride(0), W_enc.stride(1), candidates_per_row,
         HAS_BIAS=b_enc is not None,
         INPUT_PRECISION="tf32" if use_tf32 else "ieee",
-        USE_TL_TOPK=_HAS_TL_TOPK,
+        USE_TL_TOPK=HAS_TL_TOPK,
         # The CPU interpreter's tl.dot mishandles bfloat16 operands (measured: garbage results in
         # Triton 3.9); products of upcast bf16 values are exact in float32, so results match.
         UPCAST=not x.is_cuda and x.dtype == torch.bfloat16,
         BLOCK_N=block_n, BLOCK_L=block_l, BLOCK_D=block_d, KC=candidates_per_block,
+        num_warps=num_warps,
     )
     best = keys.topk(k, dim=1, sorted=False).values if candidates_per_row > k else keys
     values, indices = unpack_keys(best)
