@@ -24,13 +24,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernel_reference import (
-    TOLERANCE,
-    assert_close_scaled,
-    assert_topk_matches,
-    check_encode_decode,
-    error_scale,
-)
 
 from vit_sae_hooks import SAE, HookedViT, HookedViTConfig, SAEConfig, kernels
 from vit_sae_hooks.experiments import ablate_features, patching
@@ -41,6 +34,14 @@ from vit_sae_hooks.kernels import (
     use_backend,
 )
 from vit_sae_hooks.training import TensorActivations, TrainConfig, train_sae
+
+from helpers.kernel_reference import (
+    TOLERANCE,
+    assert_close_scaled,
+    assert_topk_matches,
+    check_encode_decode,
+    error_scale,
+)
 
 HAS_CUDA = torch.cuda.is_available()
 NO_CUDA = "no CUDA device here (torch.cuda.is_available() is False); run on a GPU machine: pytest -m cuda"

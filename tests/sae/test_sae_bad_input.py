@@ -109,7 +109,7 @@ def test_jumprelu_without_threshold_is_reported(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "changes, error, message",
     [
-        ({"architecture": "gated"}, ConfigError, "architecture 'gated' is not supported"),
+        ({"architecture": "gated"}, CheckpointFormatError, "a gated SAE needs 'b_mag'"),
         ({"architecture": "hyperbolic"}, ConfigError, "architecture 'hyperbolic' is not supported"),
         ({"activation_fn": "tanh-relu", "metadata": {}}, ConfigError, "activation function 'tanh-relu'"),
         ({"normalize_activations": "batch_norm"}, ConfigError, "normalize_activations 'batch_norm'"),
@@ -139,8 +139,9 @@ def test_missing_config_key_is_reported(tmp_path: Path) -> None:
     "changes, message",
     [
         ({"activation_fn_str": "tanh-relu"}, "activation_fn_str 'tanh-relu'"),
-        ({"architecture": "gated"}, "Prisma architecture 'gated'"),
-        ({"is_transcoder": True}, "transcoders"),
+        ({"architecture": "jumprelu"}, "Prisma architecture 'jumprelu'"),
+        ({"architecture": "gated", "is_transcoder": True}, "transcoder with architecture 'gated'"),
+        ({"architecture": "gated", "activation_fn_str": "topk"}, "gated SAE with activation_fn_str 'topk'"),
         ({"cls_token_only": True, "use_patches_only": True}, "both set"),
         ({"normalize_activations": "whiten"}, "normalize_activations 'whiten'"),
     ],

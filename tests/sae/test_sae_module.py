@@ -165,10 +165,10 @@ def test_load_casts_to_requested_dtype() -> None:
     "fields, message",
     [
         ({"d_in": 0, "d_sae": 8}, "d_in must be a positive integer"),
-        ({"d_in": 4, "d_sae": 8, "architecture": "gated"}, "architecture 'gated' is not supported"),
+        ({"d_in": 4, "d_sae": 8, "architecture": "hyperbolic"}, "architecture 'hyperbolic' is not supported"),
         ({"d_in": 4, "d_sae": 8, "architecture": "topk"}, "needs an integer k"),
         ({"d_in": 4, "d_sae": 8, "architecture": "topk", "k": 9}, "1 <= k <= d_sae=8"),
-        ({"d_in": 4, "d_sae": 8, "k": 2}, "only meaningful for architecture 'topk'"),
+        ({"d_in": 4, "d_sae": 8, "k": 2}, "only meaningful for architectures 'topk', 'batchtopk'"),
         ({"d_in": 4, "d_sae": 8, "normalize_activations": "batch_norm"}, "'batch_norm' is not supported"),
         ({"d_in": 4, "d_sae": 8, "normalize_activations": "scaling_factor"}, "finite positive scaling_factor"),
         ({"d_in": 4, "d_sae": 8, "scaling_factor": 2.0}, "set normalize_activations='scaling_factor'"),

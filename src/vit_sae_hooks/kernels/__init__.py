@@ -8,6 +8,8 @@ Contract (stable; faster backends plug in behind it):
   ``values`` is ``[..., k]`` in ``x``'s dtype, ``indices`` ``[..., k]`` int64.
 - ``decode_topk(values, indices, W_dec, b_dec) -> [..., d_in]``:
   ``sum_j values[..., j] * W_dec[indices[..., j]] + b_dec`` without a dense ``[N, d_sae]`` tensor.
+- ``encode_batch_topk(x, W_enc, b_enc, k, apply_relu=True)``: the ``int(k · N)`` largest pre-activations of
+  a whole batch (BatchTopK training) as a padded sparse code, built on ``encode_topk`` (``batch_topk.py``).
 
 Both are differentiable with sparse backward passes (see ``autograd.py``). The keyword-only
 ``backend`` picks the implementation; ``"auto"`` decides on every call from the tensors:
@@ -47,16 +49,20 @@ from torch import Tensor
 from vit_sae_hooks.errors import ConfigError
 from vit_sae_hooks.kernels import cpu, native
 from vit_sae_hooks.kernels.autograd import KernelSet, SparseDecode, TopKEncode
+from vit_sae_hooks.kernels.batch_topk import batch_topk_count, encode_batch_topk, smallest_kept
 from vit_sae_hooks.kernels.relu_decode import decode_dense_or_sparse
 from vit_sae_hooks.kernels.validation import check_chunk_size, check_decode_inputs, check_encode_inputs
 
 __all__ = [
     "AUTO_CHUNK_ELEMENTS",
     "Backend",
+    "batch_topk_count",
     "decode_dense_or_sparse",
     "decode_topk",
+    "encode_batch_topk",
     "encode_topk",
     "resolved_backend",
+    "smallest_kept",
     "use_backend",
 ]
 

@@ -490,7 +490,8 @@ class HookedViT(HookedRootModule):
 
     # ------------------------------------------------------------------ SAEs
     def add_sae(
-        self, sae: SAE, hook_name: str | None = None, use_error_term: bool = False, tokens: TokenSpec = None
+        self, sae: SAE, hook_name: str | None = None, use_error_term: bool = False, tokens: TokenSpec = None,
+        hook_name_in: str | None = None,
     ) -> None:
         """Splice ``sae`` in at ``hook_name`` (default: the hook it was trained on) until :meth:`reset_saes`.
 
@@ -503,12 +504,17 @@ class HookedViT(HookedRootModule):
         ``use_error_term`` the error ``x - sae(x)`` is added back, so the output is unchanged until a hook
         edits features. The SAE's hooks appear as ``{hook_name}.hook_sae_acts_post`` etc.
 
+        A transcoder replaces the hook it predicts (``hook_name``, default its ``hook_name_out``, e.g.
+        ``blocks.5.hook_mlp_out``) by its prediction from the hook it reads (``hook_name_in``, default its
+        ``hook_name``, e.g. ``blocks.5.ln2.hook_normalized``); with ``use_error_term`` the error is the true
+        output minus the prediction, so the model is unchanged until a feature is edited.
+
         Example:
             >>> model.add_sae(sae)  # sae.hook_name == "blocks.9.hook_resid_post"
             >>> _, cache = model.run_with_cache(images)
             >>> cache["blocks.9.hook_resid_post.hook_sae_acts_post"].shape  # [batch, tokens, d_sae]
         """
-        splicing.attach(self, sae, hook_name, use_error_term, tokens)
+        splicing.attach(self, sae, hook_name, use_error_term, tokens, hook_name_in=hook_name_in)
 
     def reset_saes(self, hook_names_or_saes: Sequence[str | SAE] | None = None) -> None:
         """Detach the given SAEs (or those at the given hook names; all by default).

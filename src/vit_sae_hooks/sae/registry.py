@@ -17,6 +17,9 @@ from vit_sae_hooks.errors import ConfigError
 ArchitectureClass = TypeVar("ArchitectureClass", bound=type)
 
 _ARCHITECTURES: dict[str, Any] = {}
+# The mixin that turns an architecture into a transcoder (sae/architectures/transcoder.py), and the classes made.
+_TRANSCODER: list[Any] = []
+_TRANSCODER_CLASSES: dict[Any, Any] = {}
 
 
 def register(cls: ArchitectureClass) -> ArchitectureClass:
@@ -54,6 +57,33 @@ def architecture_class(name: str) -> Any:
     if name not in _ARCHITECTURES:
         raise ConfigError(
             f"architecture {name!r} is not supported; use one of {architecture_names()} "
-            "(gated and other architectures are not implemented)."
+            "(set d_out for a transcoder of any of them)."
         )
     return _ARCHITECTURES[name]
+
+
+def register_transcoder(mixin: ArchitectureClass) -> ArchitectureClass:
+    """Class decorator: ``mixin`` turns any registered architecture into a transcoder (see :func:`sae_class`)."""
+    if _TRANSCODER and _TRANSCODER[0] is not mixin:
+        raise ConfigError(f"a transcoder mixin is already registered: {_TRANSCODER[0].__name__}")
+    _TRANSCODER[:] = [mixin]
+    return mixin
+
+
+def sae_class(cfg: Any) -> Any:
+    """The class that computes what ``cfg`` describes: its architecture's class, made a transcoder when
+    ``cfg.d_out`` is set (e.g. ``TopKTranscoder``: the TopK activation, reading one hook and predicting another).
+
+    Example:
+        >>> sae_class(SAEConfig(d_in=8, d_sae=32, architecture="topk", k=4, d_out=8, apply_b_dec_to_input=False)).__name__
+        'TopKTranscoder'
+    """
+    own = architecture_class(cfg.architecture)
+    if cfg.d_out is None:
+        return own
+    if own not in _TRANSCODER_CLASSES:
+        mixin = _TRANSCODER[0]
+        name = own.__name__.removesuffix("SAE") + "Transcoder"
+        doc = f"A transcoder with the {own.architecture!r} activation (:class:`{own.__name__}` + :class:`{mixin.__name__}`)."
+        _TRANSCODER_CLASSES[own] = type(name, (mixin, own), {"__module__": mixin.__module__, "__doc__": doc})
+    return _TRANSCODER_CLASSES[own]

@@ -23,23 +23,25 @@ from vit_sae_hooks.sae.config import SAEConfig, dtype_name
 from vit_sae_hooks.sae.formats import read_checkpoint, saelens
 from vit_sae_hooks.sae.formats._io import checked_checkpoint
 from vit_sae_hooks.sae.normalization import IDENTITY, NormStats, denormalize, depends_on_input, normalize
-from vit_sae_hooks.sae.registry import architecture_class
+from vit_sae_hooks.sae.registry import sae_class
 
 
 @dataclass
 class TrainingTerms:
     """One training batch through an SAE, in the normalised input space: what the trainer's loss is made of.
 
-    ``sparsity_loss`` is multiplied by the architecture's scheduled coefficient and ``aux_loss`` by the
-    auxiliary coefficient; ``fired`` marks latents active on some token, ``n_active`` counts active
-    (token, latent) pairs.
+    ``sparsity_loss`` is multiplied by the architecture's scheduled coefficient, ``aux_loss`` by the
+    auxiliary coefficient, and ``extra_loss`` (Matryoshka's inner prefixes, gated's gate-path reconstruction)
+    is added as is; all are in units of the data's variance, like the reconstruction loss. ``fired`` marks
+    latents active on some token, ``n_active`` counts active (token, latent) pairs.
     """
 
-    reconstruction: Float[Tensor, "n d_in"]
+    reconstruction: Float[Tensor, "n d_out"]
     sparsity_loss: Float[Tensor, ""]
     aux_loss: Float[Tensor, ""]
     fired: Bool[Tensor, " d_sae"]
     n_active: Float[Tensor, ""]
+    extra_loss: Float[Tensor, ""] | float = 0.0
 
 
 @dataclass
@@ -59,20 +61,21 @@ class TrainingBatch:
 class SAE(HookedRootModule):
     """A sparse autoencoder ``x -> acts -> reconstruction`` for one hook of a vision transformer.
 
-    Parameters: ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]`` plus the
-    architecture's own (JumpReLU's ``threshold [d_sae]``). Computation, for input ``x [..., d_in]``::
+    Parameters: ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_out]``, ``b_dec [d_out]`` plus the
+    architecture's own (JumpReLU's ``threshold [d_sae]``); ``d_out = d_in`` except for transcoders.
+    Computation, for input ``x [..., d_in]``::
 
         x_in  = normalise(x) - b_dec            (b_dec only if cfg.apply_b_dec_to_input)
         pre   = x_in @ W_enc + b_enc             -> hook_sae_acts_pre
         acts  = activation(pre)                  -> hook_sae_acts_post   (per architecture, docs/sae.md)
         recon = acts @ W_dec + b_dec             -> hook_sae_recons
-        out   = denormalise(recon)               -> hook_sae_output
+        out   = denormalise(recon [+ x @ W_skip.T])   -> hook_sae_output  (the skip: transcoders with one)
 
     ``hook_sae_input`` sees ``x`` before normalisation. With ``use_error_term`` set, ``forward`` adds
-    ``hook_sae_error(x - clean_reconstruction)`` so that splicing the SAE leaves the model's output unchanged
-    unless a hook edits the features. Normalisation statistics are returned (:class:`NormStats`), never kept
-    on the module, so calls can interleave. Work happens in the parameters' dtype; ``forward`` returns the
-    input's dtype.
+    ``hook_sae_error(target - clean_reconstruction)`` (``target`` is ``x`` itself for an SAE, the true output
+    for a transcoder) so that splicing leaves the model's output unchanged unless a hook edits the features.
+    Normalisation statistics are returned (:class:`NormStats`), never kept on the module, so calls can interleave.
+    Work happens in the parameters' dtype; ``forward`` returns the input's dtype.
 
     Example:
         >>> sae = SAE(SAEConfig(d_in=64, d_sae=256, architecture="topk", k=8)); out = sae(torch.randn(2, 17, 64))
@@ -85,6 +88,8 @@ class SAE(HookedRootModule):
 
     # The name configs and checkpoints use for the architecture (the registry key).
     architecture: ClassVar[str] = ""
+    # Names among extra_parameter_shapes kept as buffers: saved and loaded, never given a gradient.
+    buffer_names: ClassVar[tuple[str, ...]] = ()
     # Whether the architecture has a k-sparse code (encode_topk / decode_topk, no dense [.., d_sae] tensor).
     has_sparse_code: ClassVar[bool] = False
     # Whether training_terms is implemented (architectures that are only loaded, not trained, say False).
@@ -100,7 +105,7 @@ class SAE(HookedRootModule):
         if cls is SAE:
             if cfg is None:
                 raise ConfigError("SAE(cfg) needs an SAEConfig, e.g. SAE(SAEConfig(d_in=768, d_sae=16384)).")
-            implementation = architecture_class(cfg.architecture)
+            implementation = sae_class(cfg)
         return super().__new__(implementation)
 
     def __init__(self, cfg: SAEConfig, device: torch.device | str | None = None) -> None:
@@ -112,15 +117,21 @@ class SAE(HookedRootModule):
             )
         self.cfg = cfg
         factory = {"dtype": cfg.torch_dtype, "device": device}
-        decoder = torch.empty(cfg.d_sae, cfg.d_in, **factory)
+        decoder = torch.empty(cfg.d_sae, cfg.output_width, **factory)
         nn.init.kaiming_uniform_(decoder)
-        # Tied initialisation (encoder = decoder transposed), the usual starting point for training.
         self.W_dec = nn.Parameter(decoder)
-        self.W_enc = nn.Parameter(decoder.T.contiguous())
+        if cfg.output_width == cfg.d_in:
+            # Tied initialisation (encoder = decoder transposed), the usual starting point for training.
+            self.W_enc = nn.Parameter(decoder.T.contiguous())
+        else:
+            self.W_enc = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(cfg.d_sae, cfg.d_in, **factory)).T.contiguous())
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **factory))
-        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, **factory))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.output_width, **factory))
         for name, shape in self.extra_parameter_shapes(cfg).items():
-            self.register_parameter(name, nn.Parameter(torch.zeros(shape, **factory)))
+            if name in self.buffer_names:
+                self.register_buffer(name, torch.zeros(shape, **factory))
+            else:
+                self.register_parameter(name, nn.Parameter(torch.zeros(shape, **factory)))
         self.hook_sae_input = HookPoint()
         self.hook_sae_acts_pre = HookPoint()
         self.hook_sae_acts_post = HookPoint()
@@ -135,7 +146,14 @@ class SAE(HookedRootModule):
     def check_config(cls, cfg: SAEConfig) -> None:
         """Raise :class:`ConfigError` unless ``cfg``'s architecture-specific fields make sense for this class."""
         if cfg.k is not None:
-            raise ConfigError(f"k={cfg.k!r} is only meaningful for architecture 'topk', not {cfg.architecture!r}.")
+            raise ConfigError(
+                f"k={cfg.k!r} is only meaningful for architectures 'topk', 'batchtopk' and 'matryoshka', "
+                f"not {cfg.architecture!r}."
+            )
+        if cfg.prefixes is not None:
+            raise ConfigError(
+                f"prefixes={list(cfg.prefixes)!r} belong to architecture 'matryoshka', not {cfg.architecture!r}."
+            )
 
     @classmethod
     def extra_parameter_shapes(cls, cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
@@ -150,8 +168,9 @@ class SAE(HookedRootModule):
             >>> SAE.parameter_shapes(SAEConfig(d_in=8, d_sae=32))["W_enc"]
             (8, 32)
         """
-        own = architecture_class(cfg.architecture)
-        shapes = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
+        own = sae_class(cfg)
+        d_out = cfg.output_width
+        shapes = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, d_out), "b_dec": (d_out,)}
         return {**shapes, **own.extra_parameter_shapes(cfg)}
 
     @classmethod
@@ -169,9 +188,13 @@ class SAE(HookedRootModule):
             f"a sparse (values, indices) code needs a topk SAE; this one is {self.cfg.architecture!r}. Use encode() instead."
         )
 
-    def training_terms(self, sae_in: Float[Tensor, "n d_in"], batch: TrainingBatch) -> TrainingTerms:
-        """The reconstruction and loss terms of one training batch (``sae_in`` already normalised and centred)."""
+    def training_terms(
+        self, inputs: Float[Tensor, "n d_in"], target: Float[Tensor, "n d_out"], batch: TrainingBatch
+    ) -> TrainingTerms:
+        """The reconstruction of ``target`` from ``inputs`` (both normalised; ``target`` is ``inputs`` for an SAE,
+        the output hook's activations for a transcoder) and the loss terms of one training batch."""
         raise NotImplementedError(f"{type(self).__name__} cannot be trained")
+
 
     def prepare_for_training(self, settings: Any) -> None:
         """Initialise the architecture's own parameters before training (``settings``: a TrainConfig)."""
@@ -183,6 +206,21 @@ class SAE(HookedRootModule):
     def saelens_fields(cls, cfg: SAEConfig) -> dict[str, Any]:
         """The architecture's own ``cfg.json`` entries in SAELens's layout (beyond the shared ones)."""
         return {}
+
+    @classmethod
+    def saelens_architecture_for(cls, cfg: SAEConfig) -> str:
+        """The ``architecture`` SAELens's ``cfg.json`` names for an SAE with ``cfg``."""
+        return cls.saelens_architecture
+
+    @classmethod
+    def saelens_metadata(cls, cfg: SAEConfig) -> dict[str, Any]:
+        """The architecture's own entries of SAELens's ``metadata`` block (e.g. BatchTopK's training architecture)."""
+        return {}
+
+    @classmethod
+    def saelens_weights(cls, cfg: SAEConfig, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """This class's parameters under SAELens's names (e.g. gated's ``b_enc`` is SAELens's ``b_mag``)."""
+        return tensors
 
     @classmethod
     def saelens_difference(cls, cfg: SAEConfig) -> str | None:
@@ -210,9 +248,24 @@ class SAE(HookedRootModule):
         return self.cfg.d_sae
 
     @property
+    def d_out(self) -> int:
+        """Width of the reconstruction: ``d_in`` for an SAE, the output hook's width for a transcoder."""
+        return self.cfg.output_width
+
+    @property
+    def is_transcoder(self) -> bool:
+        """Whether this predicts another hook (``hook_name_out``) from ``hook_name``, rather than reconstructing it."""
+        return self.cfg.is_transcoder
+
+    @property
     def hook_name(self) -> str | None:
         """The hook the SAE was trained on, e.g. ``"blocks.9.hook_resid_post"``."""
         return self.cfg.hook_name
+
+    @property
+    def hook_name_out(self) -> str | None:
+        """The hook a transcoder predicts, e.g. ``"blocks.9.hook_mlp_out"`` (``None`` for an SAE)."""
+        return self.cfg.hook_name_out
 
     @property
     def token_set(self) -> str:
@@ -244,11 +297,12 @@ class SAE(HookedRootModule):
 
     def decode(
         self, acts: Float[Tensor, "*batch d_sae"], norm_stats: NormStats | None = None
-    ) -> Float[Tensor, "*batch d_in"]:
+    ) -> Float[Tensor, "*batch d_out"]:
         """Reconstruction from feature activations, de-normalised with ``norm_stats`` of the original input.
 
         ``norm_stats`` (from :meth:`norm_stats`) is required when the SAE normalises each input by its own
-        statistics (``layer_norm``, ``constant_norm_rescale``).
+        statistics (``layer_norm``, ``constant_norm_rescale``). A transcoder's skip term needs the input, so
+        it is not part of ``decode`` (``forward`` adds it).
 
         Example:
             >>> recon = sae.decode(sae.encode(x), sae.norm_stats(x))
@@ -294,24 +348,46 @@ class SAE(HookedRootModule):
             raise InputShapeError(f"values must be a floating tensor, got {values.dtype}.")
         return denormalize(self._sparse_decode(values, indices, run_hooks=True), self._stats_for_decode(norm_stats))
 
-    def forward(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_in"]:
+    def forward(
+        self, x: Float[Tensor, "*batch d_in"], target: Float[Tensor, "*batch d_out"] | None = None
+    ) -> Float[Tensor, "*batch d_out"]:
         """The SAE's reconstruction of ``x`` (plus the error term when ``use_error_term`` is set).
 
-        TopK SAEs take a sparse path (no dense ``[.., d_sae]`` tensor) unless a hook is attached to
-        ``hook_sae_acts_pre`` or ``hook_sae_acts_post``, which need the dense activations.
+        For a transcoder this is its prediction of the output hook, and the error term needs that hook's
+        true activation as ``target``. TopK SAEs take a sparse path (no dense ``[.., d_sae]`` tensor) unless a
+        hook is attached to ``hook_sae_acts_pre`` or ``hook_sae_acts_post``, which need the dense activations.
 
         Example:
             >>> recon = sae(torch.randn(2, 50, 768))
         """
         out = self._reconstruct(x, run_hooks=True)
         if self.use_error_term:
+            target = self._error_target(x, target)
             clean = out if not self._hooks_change_reconstruction() else self._clean_reconstruction(x)
-            error = self.hook_sae_error(x.to(out.dtype) - clean.detach())
+            error = self.hook_sae_error(target.to(out.dtype) - clean.detach())
             out = out + error
         return self.hook_sae_output(out).to(x.dtype)
 
+    def _error_target(self, x: Tensor, target: Tensor | None) -> Tensor:
+        if target is None:
+            if self.is_transcoder:
+                raise ConfigError(
+                    "a transcoder's error term is the true output minus its prediction: pass the output hook's "
+                    f"activation as sae(x, target=...) ({self.cfg.hook_name_out!r}), or set use_error_term=False."
+                )
+            return x
+        self._check_last_dim(target, self.d_out, "target")
+        if target.shape[:-1] != x.shape[:-1]:
+            raise InputShapeError(
+                f"target has shape {tuple(target.shape)} but the input has {tuple(x.shape)}; they must cover the "
+                "same tokens (the same leading dimensions)."
+            )
+        return target
+
     def _reconstruct(self, x: Tensor, run_hooks: bool) -> Tensor:
-        sae_in, stats = self._prepare_input(x, run_hooks)
+        x = self._checked_input(x, run_hooks)
+        normalised, stats = normalize(x, self.cfg.normalize_activations, self.cfg.scaling_factor)
+        sae_in = self.encoder_input(normalised)
         sparse = self.has_sparse_code and not (
             run_hooks and (has_hooks(self.hook_sae_acts_pre) or has_hooks(self.hook_sae_acts_post))
         )
@@ -321,7 +397,11 @@ class SAE(HookedRootModule):
             recon = self._decode_dense(self._activations(sae_in, run_hooks))
             if run_hooks:
                 recon = self.hook_sae_recons(recon)
-        return denormalize(recon, stats)
+        return denormalize(self.add_skip(recon, x), stats)
+
+    def add_skip(self, recon: Float[Tensor, "*batch d_out"], x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_out"]:
+        """``recon`` plus the linear skip term of the input ``x`` (transcoders with a skip connection only)."""
+        return recon
 
     def _clean_reconstruction(self, x: Tensor) -> Tensor:
         # The error term must measure the unedited SAE, so hooks that edit features do not leak into it.
@@ -349,12 +429,13 @@ class SAE(HookedRootModule):
         """``sae_in @ W_enc + b_enc``."""
         return sae_in @ self.W_enc + self.b_enc
 
-    def _prepare_input(self, x: Tensor, run_hooks: bool) -> tuple[Tensor, NormStats]:
+    def _checked_input(self, x: Tensor, run_hooks: bool) -> Tensor:
         self._check_last_dim(x, self.cfg.d_in, "input")
         x = x.to(self.W_enc.dtype)
-        if run_hooks:
-            x = self.hook_sae_input(x)
-        normalised, stats = normalize(x, self.cfg.normalize_activations, self.cfg.scaling_factor)
+        return self.hook_sae_input(x) if run_hooks else x
+
+    def _prepare_input(self, x: Tensor, run_hooks: bool) -> tuple[Tensor, NormStats]:
+        normalised, stats = normalize(self._checked_input(x, run_hooks), self.cfg.normalize_activations, self.cfg.scaling_factor)
         return self.encoder_input(normalised), stats
 
     def _activations(self, sae_in: Tensor, run_hooks: bool) -> Tensor:
@@ -521,5 +602,10 @@ class SAE(HookedRootModule):
         parts = [f"d_in={cfg.d_in}", f"d_sae={cfg.d_sae}", f"architecture={cfg.architecture!r}"]
         if cfg.k is not None:
             parts.append(f"k={cfg.k}")
-        parts += [f"hook_name={cfg.hook_name!r}", f"token_set={cfg.token_set!r}"]
+        if cfg.prefixes is not None:
+            parts.append(f"prefixes={list(cfg.prefixes)}")
+        parts.append(f"hook_name={cfg.hook_name!r}")
+        if cfg.is_transcoder:
+            parts += [f"d_out={cfg.d_out}", f"hook_name_out={cfg.hook_name_out!r}", f"skip_connection={cfg.skip_connection}"]
+        parts.append(f"token_set={cfg.token_set!r}")
         return ", ".join(parts)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -54,8 +54,9 @@ class PrismaConfigStandIn:
         self.fields = dict(state)
 
 
-def load_torch_checkpoint(path: Path) -> Any:
-    """The object saved in ``path`` by ``torch.save``, loaded with nothing but tensors and plain data.
+def load_torch_checkpoint(data: Path | BinaryIO, source: object = None) -> Any:
+    """The object saved in ``data`` (a file, or a stream of its bytes) by ``torch.save``, loaded with nothing
+    but tensors and plain data; ``source`` names it in errors (default: ``data``).
 
     Raises :class:`CheckpointFormatError` naming the file for a truncated or corrupt archive and for any
     pickled class other than tensors, containers and the Prisma config stand-in.
@@ -64,9 +65,10 @@ def load_torch_checkpoint(path: Path) -> Any:
         >>> checkpoint = load_torch_checkpoint(Path("prisma_topk_none/weights.pt"))
     """
     allowed = [(PrismaConfigStandIn, PRISMA_CONFIG_CLASS)]
+    path = data if source is None else source  # the name every message below uses
     try:
         with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(data, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         reason = _unpickler_reason(error)
         if _REFUSED_OBJECT.search(reason):

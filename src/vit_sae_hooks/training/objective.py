@@ -41,10 +41,13 @@ class TrainingObjective(nn.Module):
     ) -> tuple[Float[Tensor, ""], Float[Tensor, " n_stats_plus_d_in"], Bool[Tensor, " d_sae"]]:
         dead_latents = dead.nonzero().flatten() if dead.dtype == torch.bool else dead
         target, _ = self.sae.normalised_input(x)
-        terms = self.sae.training_terms(target, TrainingBatch(dead_latents, self.variance, self.config))
+        terms = self.sae.training_terms(target, target, TrainingBatch(dead_latents, self.variance, self.config))
         error = target - terms.reconstruction.float()
         reconstruction = error.pow(2).sum(-1).mean() / self.variance
-        loss = reconstruction + self.config.aux_coefficient * terms.aux_loss + sparsity_coefficient * terms.sparsity_loss
+        loss = (
+            reconstruction + self.config.aux_coefficient * terms.aux_loss + sparsity_coefficient * terms.sparsity_loss
+            + terms.extra_loss
+        )
         n_tokens = x.shape[0]
         detached = target.detach().float()
         scalars = torch.stack([

@@ -16,6 +16,17 @@ from vit_sae_hooks.sae.registry import register
 from vit_sae_hooks.sae.sae import SAE, TrainingBatch, TrainingTerms
 
 
+def jump_relu(pre: Float[Tensor, "*batch d_sae"], threshold: Float[Tensor, " d_sae"]) -> Float[Tensor, "*batch d_sae"]:
+    """``relu(pre) · (pre > threshold)``: JumpReLU's activation, and the inference activation of BatchTopK,
+    Matryoshka and gated SAEs (a threshold at or below zero acts as ReLU).
+
+    Example:
+        >>> jump_relu(torch.tensor([-1.0, 0.5, 2.0]), torch.tensor([0.0, 1.0, 1.0]))
+        tensor([0., 0., 2.])
+    """
+    return F.relu(pre) * (pre > threshold)
+
+
 def _threshold_gradient(pre: Tensor, threshold: Tensor, grad_out: Tensor, bandwidth: float, scale: Tensor | float) -> Tensor:
     # The rectangle kernel of width `bandwidth` around the threshold (the paper's straight-through estimator).
     near = ((pre - threshold).abs() < bandwidth / 2).to(grad_out.dtype)
@@ -77,11 +88,13 @@ class JumpReLUSAE(SAE):
 
     def activation(self, pre: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_sae"]:
         """``relu(pre) · (pre > threshold)``."""
-        return F.relu(pre) * (pre > self.threshold)
+        return jump_relu(pre, self.threshold)
 
-    def training_terms(self, target: Float[Tensor, "n d_in"], batch: TrainingBatch) -> TrainingTerms:
+    def training_terms(
+        self, inputs: Float[Tensor, "n d_in"], target: Float[Tensor, "n d_out"], batch: TrainingBatch
+    ) -> TrainingTerms:
         """Reconstruction through the straight-through JumpReLU and the L0 of the step function."""
-        pre = self.pre_activations(self.encoder_input(target))
+        pre = self.pre_activations(self.encoder_input(inputs))
         bandwidth = batch.settings.jumprelu_bandwidth
         acts = _JumpReLU.apply(pre, self.threshold, bandwidth)
         active = acts > 0

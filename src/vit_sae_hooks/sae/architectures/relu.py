@@ -31,9 +31,11 @@ class ReLUSAE(SAE):
         """``relu(pre)``."""
         return F.relu(pre)
 
-    def training_terms(self, target: Float[Tensor, "n d_in"], batch: TrainingBatch) -> TrainingTerms:
+    def training_terms(
+        self, inputs: Float[Tensor, "n d_in"], target: Float[Tensor, "n d_out"], batch: TrainingBatch
+    ) -> TrainingTerms:
         """Reconstruction from ``relu(pre)`` and the scaled L1 of the activations."""
-        acts = self.activation(self.pre_activations(self.encoder_input(target)))
+        acts = self.activation(self.pre_activations(self.encoder_input(inputs)))
         active = acts > 0
         return TrainingTerms(
             reconstruction=acts @ self.W_dec + self.b_dec,

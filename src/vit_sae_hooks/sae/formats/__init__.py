@@ -1,7 +1,7 @@
 """Find which published layout a path holds and read it into this library's conventions.
 
 One module per layout: :mod:`.saelens` (also what :meth:`SAE.save` writes), :mod:`.prisma`,
-:mod:`.sparsify`, :mod:`.clipscope`. Detection looks only at file names and, for ``.pt`` files, at the
+:mod:`.sparsify`, :mod:`.clipscope`, :mod:`.saev`. Detection looks only at file names and, for ``.pt`` files, at the
 keys of the safely unpickled dict.
 """
 
@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from vit_sae_hooks.errors import CheckpointFormatError, ResolutionError
-from vit_sae_hooks.sae.formats import clipscope, prisma, saelens, sparsify
+from vit_sae_hooks.sae.formats import clipscope, prisma, saelens, saev, sparsify
 from vit_sae_hooks.sae.formats._io import LoadedCheckpoint
 from vit_sae_hooks.sae.safe_pickle import load_torch_checkpoint
 
@@ -23,7 +23,8 @@ HUB_FILE_PATTERNS = ["cfg.json", "config.json", "*.safetensors", "*.pt"]
 _TORCH_SUFFIXES = (".pt", ".pth")
 _LAYOUTS = (
     "SAELens/vit_sae_hooks (cfg.json + sae_weights.safetensors), sparsify (cfg.json + sae.safetensors), "
-    "Prisma (weights.pt or n_images_*.pt, with config.json), clipscope ({tokens_seen}.pt)"
+    "Prisma (weights.pt or n_images_*.pt, with config.json), clipscope ({tokens_seen}.pt), saev (sae.pt: a JSON "
+    "header line, then the state dict)"
 )
 
 
@@ -89,6 +90,8 @@ def _final_checkpoint(folder: Path, torch_files: list[Path]) -> Path:
 
 
 def _read_torch_file(path: Path) -> LoadedCheckpoint:
+    if saev.matches(path):
+        return saev.read(path)
     checkpoint = load_torch_checkpoint(path)
     if clipscope.matches(checkpoint):
         return clipscope.read(path, checkpoint)

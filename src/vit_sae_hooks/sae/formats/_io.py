@@ -12,10 +12,10 @@ from torch import Tensor
 from vit_sae_hooks.errors import CheckpointFormatError
 from vit_sae_hooks.files import read_json
 from vit_sae_hooks.sae.config import SAEConfig
-from vit_sae_hooks.sae.registry import architecture_class
+from vit_sae_hooks.sae.registry import sae_class
 
 __all__ = ["LoadedCheckpoint", "build_config", "checked_checkpoint", "has_files", "integer_entry", "read_json",
-           "read_safetensors", "require", "tensor_entry"]
+           "read_safetensors", "rename_magnitude_bias", "require", "tensor_entry"]
 
 
 class LoadedCheckpoint(NamedTuple):
@@ -66,7 +66,7 @@ def checked_checkpoint(config: SAEConfig, tensors: dict[str, Any], source: Path 
     Missing, unexpected and wrongly shaped parameters are all reported at once, so the error says
     everything that is wrong with the file (and nothing is loaded).
     """
-    shapes = architecture_class(config.architecture).parameter_shapes(config)
+    shapes = sae_class(config).parameter_shapes(config)
     problems = []
     missing = sorted(set(shapes) - set(tensors))
     if missing:
@@ -110,3 +110,17 @@ def integer_entry(values: dict[str, Any], key: str, path: Path) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise CheckpointFormatError(f"{path}: {key!r} is {value!r}, expected an integer.")
     return value
+
+
+def rename_magnitude_bias(tensors: dict[str, Tensor], path: Path | str) -> dict[str, Tensor]:
+    """A peer's gated tensors with ``b_mag`` as ``b_enc`` (Prisma's own, unused ``b_enc`` is dropped).
+
+    Example:
+        >>> rename_magnitude_bias({"b_mag": b, "W_enc": W}, "cfg.json").keys()
+        dict_keys(['W_enc', 'b_enc'])
+    """
+    if "b_mag" not in tensors:
+        raise CheckpointFormatError(f"{path}: a gated SAE needs 'b_mag' (the magnitude bias); found {sorted(tensors)}.")
+    tensors = {name: tensor for name, tensor in tensors.items() if name != "b_enc"}
+    tensors["b_enc"] = tensors.pop("b_mag")
+    return tensors

@@ -7,8 +7,11 @@ TopK flag) go under ``metadata.vit_sae_hooks``, which SAELens keeps as opaque me
 
 Read: SAELens 6 (``metadata.hook_name``) and earlier configs (``hook_name`` / ``hook_point`` at top level,
 ``activation_fn_str`` + ``activation_fn_kwargs.k`` for TopK, boolean ``normalize_activations``), the
-``standard``, ``topk`` and ``jumprelu`` architectures, ``rescale_acts_by_decoder_norm`` and the legacy
-``finetuning_scaling_factor`` and ``log_threshold`` parameters (all folded into the plain weights).
+``standard``, ``topk``, ``jumprelu`` and ``gated`` architectures, BatchTopK and Matryoshka SAEs in both the
+training form (``batchtopk`` / ``matryoshka_batchtopk``, a scalar ``topk_threshold``) and the inference form
+(``jumprelu`` naming them in ``metadata.training_architecture``), the four transcoders (``d_out``,
+``metadata.hook_name_out``), ``rescale_acts_by_decoder_norm`` and the legacy ``finetuning_scaling_factor`` and
+``log_threshold`` parameters (all folded into the plain weights).
 """
 
 from __future__ import annotations
@@ -33,13 +36,20 @@ from vit_sae_hooks.sae.formats._io import (
     read_json,
     read_safetensors,
 )
-from vit_sae_hooks.sae.registry import all_architecture_classes, architecture_class
+from vit_sae_hooks.sae.registry import all_architecture_classes, architecture_class, sae_class
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 EXTENSION_KEY = "vit_sae_hooks"
+# SAELens's transcoder architectures, by (this library's activation, skip connection).
+SAELENS_TRANSCODERS = {
+    ("standard", False): "transcoder",
+    ("standard", True): "skip_transcoder",
+    ("jumprelu", False): "jumprelu_transcoder",
+    ("jumprelu", True): "jumprelu_skip_transcoder",
+}
 # The SAELens release whose config layout `write` produces (metadata block, `architecture` key).
 WRITTEN_SAELENS_LAYOUT = "6.0.0"
 
@@ -75,8 +85,9 @@ def parse(values: dict[str, Any], tensors: dict[str, Tensor], source: object, we
     if not isinstance(metadata, dict):
         raise CheckpointFormatError(f"{source}: 'metadata' is {metadata!r}, expected an object.")
     extension = metadata.get(EXTENSION_KEY) or {}
-    architecture = _architecture(values, source)
+    architecture = _architecture(values, metadata, extension, source)
     own = architecture_class(architecture)
+    transcoder = _transcoder_fields(values, metadata, extension, source)
     if values.get("reshape_activations", "none") not in ("none", None) or values.get("hook_head_index") is not None:
         raise ConfigError(
             f"{source}: per-head (hook_z) SAEs are not supported by vit_sae_hooks; "
@@ -97,6 +108,7 @@ def parse(values: dict[str, Any], tensors: dict[str, Tensor], source: object, we
         token_set=extension.get("token_set", "all"),
         model_name=metadata.get("model_name") or values.get("model_name"),
         dtype=str(values.get("dtype") or "float32").removeprefix("torch."),
+        **transcoder,
     )
     tensors = own.fold_saelens_weights(values, _fold_legacy_scaling(values, tensors, source), source)
     return checked_checkpoint(config, tensors, weights_source or source)
@@ -115,7 +127,7 @@ def saelens_form(
     Example:
         >>> values, tensors = saelens_form(sae.cfg, sae.state_dict())
     """
-    own = architecture_class(config.architecture)
+    own = sae_class(config)
     difference = own.saelens_difference(config)
     if difference is not None and not allow_lossy:
         raise ConfigError(
@@ -125,7 +137,11 @@ def saelens_form(
     if difference is not None:
         logger.warning("writing an SAE SAELens will read differently: %s", difference)
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state_dict.items()}
-    extension: dict[str, Any] = {"token_set": config.token_set, "topk_apply_relu": config.topk_apply_relu}
+    extension: dict[str, Any] = {
+        "architecture": config.architecture, "token_set": config.token_set, "topk_apply_relu": config.topk_apply_relu,
+    }
+    if config.is_transcoder:
+        extension["skip_connection"] = config.skip_connection
     if config.normalize_activations == "scaling_factor":
         factor = config.scaling_factor
         tensors["W_enc"] = tensors["W_enc"] * factor
@@ -134,7 +150,7 @@ def saelens_form(
         extension["folded_scaling_factor"] = factor
     normalization = "none" if config.normalize_activations == "scaling_factor" else config.normalize_activations
     values: dict[str, Any] = {
-        "architecture": own.saelens_architecture,
+        "architecture": own.saelens_architecture_for(config),
         "d_in": config.d_in,
         "d_sae": config.d_sae,
         "dtype": config.dtype,
@@ -149,8 +165,9 @@ def saelens_form(
             EXTENSION_KEY: extension,
         },
     }
+    values["metadata"].update(own.saelens_metadata(config))
     values.update(own.saelens_fields(config))
-    return values, tensors
+    return values, own.saelens_weights(config, tensors)
 
 
 def write(config: SAEConfig, state_dict: dict[str, Tensor], folder: Path, allow_lossy: bool = False) -> None:
@@ -178,6 +195,12 @@ class SAELensView:
     token_set = "all"
 
     def __init__(self, sae: Any) -> None:
+        if getattr(sae.cfg, "d_out", None) is not None:
+            raise ConfigError(
+                f"a SAELens {type(sae).__name__} is a transcoder, whose forward has no place for the true output its "
+                "error term needs; splice SAE.from_saelens(transcoder) instead (the same weights, as this library's "
+                "Transcoder)."
+            )
         self.module = sae
 
     @property
@@ -222,9 +245,14 @@ def is_saelens_sae(candidate: Any) -> bool:
     return type(candidate).__module__.split(".")[0] == "sae_lens" and hasattr(candidate, "cfg") and hasattr(candidate, "W_enc")
 
 
-def _architecture(values: dict[str, Any], path: Path) -> str:
-    """This library's architecture name for a SAELens ``cfg.json``."""
+def _architecture(values: dict[str, Any], metadata: dict[str, Any], extension: dict[str, Any], path: object) -> str:
+    """This library's architecture name for a SAELens ``cfg.json`` (transcoder names give their activation)."""
+    if isinstance(extension, dict) and isinstance(extension.get("architecture"), str):
+        # Written by this library: the name SAELens sees may only approximate it (a lossy save).
+        return extension["architecture"]
     architecture = values.get("architecture", "standard")
+    if not isinstance(architecture, str):
+        raise CheckpointFormatError(f"{path}: 'architecture' is {architecture!r}, expected a name such as 'topk'.")
     # Before SAELens 6 a TopK SAE was architecture "standard" with activation_fn_str "topk".
     activation = values.get("activation_fn") or values.get("activation_fn_str") or "relu"
     if architecture == "standard" and activation == "topk":
@@ -234,11 +262,44 @@ def _architecture(values: dict[str, Any], path: Path) -> str:
             f"{path}: activation function {activation!r} is not supported for standard SAEs; "
             "vit_sae_hooks implements 'relu' and 'topk'."
         )
-    for candidate in all_architecture_classes():
-        if candidate.saelens_architecture == architecture:
+    transcoders = {name: activation for (activation, _), name in SAELENS_TRANSCODERS.items()}
+    if architecture in transcoders:
+        return transcoders[architecture]
+    classes = all_architecture_classes()
+    if architecture == "jumprelu":
+        # SAELens saves BatchTopK and Matryoshka SAEs for inference as JumpReLU, naming them in the metadata.
+        trained_as = metadata.get("training_architecture")
+        details = metadata.get("training_architecture_details")
+        for candidate in classes:
+            trained = getattr(candidate, "saelens_training_architecture", None)
+            if trained is not None and trained == trained_as and isinstance(details, dict) and "k" in details:
+                return candidate.architecture
+        return "jumprelu"
+    for candidate in classes:
+        if architecture in (candidate.saelens_architecture, getattr(candidate, "saelens_training_architecture", None)):
             return candidate.architecture
-    supported = sorted(candidate.saelens_architecture for candidate in all_architecture_classes())
-    raise ConfigError(f"{path}: architecture {architecture!r} is not supported; vit_sae_hooks loads {supported}.")
+    supported = sorted(
+        {c.saelens_architecture for c in classes} | {getattr(c, "saelens_training_architecture", "") for c in classes}
+        | set(transcoders)
+    )
+    raise ConfigError(f"{path}: architecture {architecture!r} is not supported; vit_sae_hooks loads {supported[1:]}.")
+
+
+def _transcoder_fields(
+    values: dict[str, Any], metadata: dict[str, Any], extension: dict[str, Any], path: object
+) -> dict[str, Any]:
+    name = values.get("architecture", "")
+    if "d_out" not in values and not str(name).endswith("transcoder"):
+        return {}
+    written_here = isinstance(extension, dict) and "architecture" in extension
+    if not written_here and values.get("normalize_activations", "none") not in ("none", None, False):
+        raise ConfigError(
+            f"{path}: a SAELens transcoder with normalize_activations={values['normalize_activations']!r} normalises "
+            "its input but not its prediction, which vit_sae_hooks does not implement; use one saved with 'none'."
+        )
+    skip = extension.get("skip_connection", "skip" in str(name))
+    return {"d_out": integer_entry(values, "d_out", path), "hook_name_out": metadata.get("hook_name_out"),
+            "skip_connection": bool(skip)}
 
 
 def _normalization(value: Any, extension: dict[str, Any], path: Path) -> str:
