@@ -81,6 +81,8 @@ class EvalResult:
     n_tokens: int
     sae_name: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    # A Matryoshka SAE's inner prefixes, each evaluated as the SAE of its first latents (by prefix size).
+    by_prefix: dict[int, EvalResult] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> float | None:
         metrics = self.__dict__.get("metrics", {})
@@ -95,10 +97,21 @@ class EvalResult:
             >>> json.dumps(result.to_dict())
         """
         metrics = {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in self.metrics.items()}
-        return {
+        values = {
             "sae": self.sae_name, "model": self.model_name, "hook_name": self.hook_name, "tokens": self.tokens,
             "n_images": self.n_images, "n_tokens": self.n_tokens, "metrics": metrics, "settings": self.settings,
         }
+        if self.by_prefix:
+            values["by_prefix"] = {str(width): result.to_dict() for width, result in self.by_prefix.items()}
+        return values
+
+    def rows(self) -> list[EvalResult]:
+        """This result followed by one per Matryoshka prefix (smallest first), e.g. for a table.
+
+        Example:
+            >>> for row in result.rows(): print(row.markdown_row())
+        """
+        return [self, *(self.by_prefix[width] for width in sorted(self.by_prefix))]
 
     @staticmethod
     def markdown_header(columns: Sequence[tuple[str, str, str]] = COLUMNS) -> str:
@@ -169,8 +182,10 @@ def _label_map(classes: Sequence[str], head: nn.Module) -> Int[Tensor, " n_datas
 class _HookRows:
     """The rows of a hook's activation an SAE reads (flattened over images and tokens), and writing rows back."""
 
-    def __init__(self, model: HookedViT, sae: SAE, hook_name: str, activation: Tensor, tokens: TokenSpec):
-        self.flatten_heads, self.has_positions = sae_reads_heads(model, sae, hook_name)
+    def __init__(
+        self, model: HookedViT, sae: SAE, hook_name: str, activation: Tensor, tokens: TokenSpec, width: int | None = None
+    ):
+        self.flatten_heads, self.has_positions = sae_reads_heads(model, sae, hook_name, width)
         self.has_cls_token = model.cfg.has_cls_token
         if not self.has_positions:
             self.selection = None
@@ -211,7 +226,9 @@ class _HookRows:
 
 
 def _encode(sae: SAE, rows: Float[Tensor, "n d_in"]) -> tuple[Tensor, Any]:
-    """The SAE's reconstruction of ``rows`` and which latents fired (sparse for TopK SAEs)."""
+    """The SAE's reconstruction of ``rows`` (a transcoder's prediction) and which latents fired (sparse for TopK)."""
+    if sae.is_transcoder:
+        return sae.reconstruct(rows), sae.encode(rows) != 0
     stats = sae.norm_stats(rows)
     if sae.has_sparse_code:
         values, indices = sae.encode_topk(rows)
@@ -246,6 +263,11 @@ def evaluate(
             ``"model"``, ``"zero-shot:FILE"`` (a saved :class:`ZeroShotHead`), or a module.
         tokens: the token set the metrics and the splice cover (default: the SAE's ``token_set``).
         zero_ablation: zero the hook on the SAE's tokens (``"tokens"``) or on every token (``"all"``).
+
+    A transcoder is scored on the hook it predicts: explained variance and cosine of its prediction of
+    ``hook_name_out`` (e.g. the MLP output), CE with the prediction in place of that hook (the MLP replaced),
+    and zero ablation of that hook (the MLP removed). A Matryoshka SAE also gets one result per inner prefix
+    (``result.by_prefix``), from the same forward passes.
         downstream: False skips the output, CE and KL metrics and stops the clean pass after the hook.
         active_image_threshold: a latent is "active" (CLIP-Scope) if it fires for at least this many images.
 
@@ -261,6 +283,13 @@ def evaluate(
             "the SAE records no hook_name; set sae.cfg.hook_name to the hook it reads (e.g. 'blocks.9.hook_resid_post')"
         )
     model.check_hook_name(hook_name)
+    target_name = sae.hook_name_out if sae.is_transcoder else hook_name
+    if target_name is None:
+        raise ConfigError(
+            "the transcoder records no hook_name_out; set sae.cfg.hook_name_out to the hook it predicts "
+            "(e.g. 'blocks.9.hook_mlp_out')"
+        )
+    model.check_hook_name(target_name)
     if model.acts_to_saes:
         raise ConfigError(
             f"the model has SAEs attached at {sorted(model.acts_to_saes)}; evaluate needs the clean model: "
@@ -281,12 +310,15 @@ def evaluate(
     if head is not None and getattr(dataset, "classes", None):
         label_map = _label_map(dataset.classes, head)
 
-    layer = hook_layer(hook_name)
+    # The interventions happen at the hook the SAE writes (a transcoder's output hook).
+    layer = hook_layer(target_name)
     resid_name = block_input(layer) if layer is not None else None
-    cached = [hook_name] + ([resid_name] if downstream and resid_name not in (None, hook_name) else [])
-    reconstruction = ReconstructionStats(sae.d_sae, active_image_threshold)
-    effects = DownstreamStats()
+    cached = list(dict.fromkeys([hook_name, target_name] + ([resid_name] if downstream and resid_name else [])))
+    variants = _prefix_variants(sae)
+    reconstruction = {width: ReconstructionStats(variant.d_sae, active_image_threshold) for width, variant in variants}
+    effects = {width: DownstreamStats() for width, _ in variants}
     selection: _HookRows | None = None
+    target_selection: _HookRows | None = None
     seen = 0
 
     from tqdm.auto import tqdm
@@ -300,31 +332,38 @@ def evaluate(
             for batch_images, batch_labels in limited_batches(batches, limit):
                 images = batch_images.to(device=device, dtype=dtype)
                 batch = images.shape[0]
-                stop = stop_layer(hook_name) if not downstream and layer is not None else None
+                stop = stop_layer(target_name) if not downstream and layer is not None else None
                 output, cache = model.run_with_cache(
                     images, names_filter=cached, return_cache_object=False, stop_at_layer=stop
                 )
-                activation = cache[hook_name]
+                activation, target = cache[hook_name], cache[target_name]
                 if selection is None or model.token_layout.valid is not None:
                     selection = _HookRows(model, sae, hook_name, activation, tokens)
+                    target_selection = selection if target_name == hook_name else _HookRows(
+                        model, sae, target_name, target, tokens, width=sae.d_out
+                    )
                 x, is_cls, image_index = selection.rows(activation)
-                recon, fired = _encode(sae, x)
-                reconstruction.update(x, recon, fired, is_cls, image_index, batch)
+                y = x if target_selection is selection else target_selection.rows(target)[0]
                 if downstream:
                     start = cache[resid_name] if layer is not None else images
 
                     def run(hook_fn, start=start):
-                        with model.hooks(fwd_hooks=[(hook_name, hook_fn)]):
+                        with model.hooks(fwd_hooks=[(target_name, hook_fn)]):
                             return model(start, start_at_layer=layer)
 
-                    output_recon = run(selection.writer(recon))
-                    output_zero = run(selection.writer(None, all_tokens=zero_ablation == "all"))
-                    logits = logits_recon = logits_zero = None
+                    output_zero = run(target_selection.writer(None, all_tokens=zero_ablation == "all"))
+                    logits = logits_zero = None
                     if head is not None:
-                        logits, logits_recon, logits_zero = head(output), head(output_recon), head(output_zero)
+                        logits, logits_zero = head(output), head(output_zero)
                         labels_seen = _checked_labels(batch_labels, label_map, head.n_classes, device)
-                    effects.update(output, output_recon, logits, logits_recon, logits_zero,
-                                   labels_seen if head is not None else None)
+                for width, variant in variants:
+                    recon, fired = _encode(variant, x)
+                    reconstruction[width].update(y, recon, fired, is_cls, image_index, batch)
+                    if downstream:
+                        output_recon = run(target_selection.writer(recon))
+                        logits_recon = head(output_recon) if head is not None else None
+                        effects[width].update(output, output_recon, logits, logits_recon, logits_zero,
+                                              labels_seen if head is not None else None)
                 seen += batch
                 bar.update(batch)
     finally:
@@ -333,18 +372,31 @@ def evaluate(
         sae.train(was_training[1])
     if seen == 0:
         raise DataError("the data yielded no images; check the folder, loader or limit")
-    metrics = reconstruction.compute()
-    metrics.update(effects.compute() if downstream else {})
-    for key, _, _ in COLUMNS:
-        metrics.setdefault(key, None)
-    return EvalResult(
-        metrics=metrics, model_name=str(model.cfg.model_name), hook_name=hook_name,
-        tokens=tokens if isinstance(tokens, str) else str(list(tokens)), n_images=seen,
-        n_tokens=reconstruction.n_tokens, sae_name=sae_name,
-        settings={"zero_ablation": zero_ablation, "use_logit_scale": use_logit_scale,
-                  "head": type(head).__name__ if head is not None else None,
-                  "active_image_threshold": active_image_threshold},
-    )
+    results = {}
+    for width, _ in variants:
+        metrics = reconstruction[width].compute()
+        metrics.update(effects[width].compute() if downstream else {})
+        for key, _, _ in COLUMNS:
+            metrics.setdefault(key, None)
+        results[width] = EvalResult(
+            metrics=metrics, model_name=str(model.cfg.model_name),
+            hook_name=hook_name if target_name == hook_name else f"{hook_name} -> {target_name}",
+            tokens=tokens if isinstance(tokens, str) else str(list(tokens)), n_images=seen,
+            n_tokens=reconstruction[width].n_tokens,
+            sae_name=sae_name if width is None else f"{sae_name or 'sae'}[:{width}]",
+            settings={"zero_ablation": zero_ablation, "use_logit_scale": use_logit_scale,
+                      "head": type(head).__name__ if head is not None else None,
+                      "active_image_threshold": active_image_threshold},
+        )
+    result = results.pop(None)
+    result.by_prefix = results
+    return result
+
+
+def _prefix_variants(sae: SAE) -> list[tuple[int | None, SAE]]:
+    # The SAE itself (width None), then a Matryoshka SAE's inner prefixes as SAEs of their first latents.
+    inner = (sae.cfg.prefixes or ())[:-1] if hasattr(sae, "prefix_sae") else ()
+    return [(None, sae), *((width, sae.prefix_sae(width)) for width in inner)]
 
 
 def _checked_labels(labels: Tensor | None, label_map: Tensor | None, n_classes: int, device) -> Tensor | None:

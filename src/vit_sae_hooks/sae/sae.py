@@ -368,6 +368,15 @@ class SAE(HookedRootModule):
             out = out + error
         return self.hook_sae_output(out).to(x.dtype)
 
+    def reconstruct(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_out"]:
+        """The reconstruction of ``x`` (a transcoder's prediction, skip term included), without the error term
+        and without running the SAE's hooks.
+
+        Example:
+            >>> prediction = transcoder.reconstruct(mlp_inputs)  # [..., d_out]
+        """
+        return self._reconstruct(x, run_hooks=False)
+
     def _error_target(self, x: Tensor, target: Tensor | None) -> Tensor:
         if target is None:
             if self.is_transcoder:
