@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import sys
 import types
 import typing
@@ -23,18 +24,20 @@ OPTION = "vit_sae_hooks_option"
 
 def option(
     default: Any, help: str, *, flags: Sequence[str] = (),
-    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None, **argparse_kwargs: Any,
+    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None, sweep: bool = False, **argparse_kwargs: Any,
 ) -> Any:
     """A dataclass field whose command-line option is generated from it: ``--field-name`` (plus ``flags``),
     typed from the annotation, with ``help`` as its help text and the default shown.
 
-    ``choices`` may be a function (e.g. the registered architectures, known only at run time); other keyword
-    arguments go to ``argparse`` (``nargs``, ``const``, ``metavar``).
+    ``choices`` may be a function (e.g. the registered architectures, known only at run time); ``sweep``
+    lets commands that build several configs take a comma-separated list (``--k 16,32,64``, see
+    :func:`configs_from_args`); other keyword arguments go to ``argparse`` (``nargs``, ``const``, ``metavar``).
 
     Example:
         >>> seed: int = option(0, "random seed of initialisation and data order")
     """
-    metadata = {OPTION: {"help": help, "flags": tuple(flags), "choices": choices, "argparse": argparse_kwargs}}
+    metadata = {OPTION: {"help": help, "flags": tuple(flags), "choices": choices, "sweep": sweep,
+                         "argparse": argparse_kwargs}}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -56,6 +59,27 @@ def whole_number(text: str) -> int:
     return int(value)
 
 
+def comma_separated(element: Callable[[str], Any], choices: Sequence[str] | None = None) -> Callable[[str], list[Any]]:
+    """An argparse type reading ``"a,b,c"`` as a list of ``element`` values (each one of ``choices`` if given).
+
+    Example:
+        >>> comma_separated(int)("128,512,2048")
+        [128, 512, 2048]
+    """
+
+    def parse(text: str) -> list[Any]:
+        items = [item.strip() for item in text.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list (e.g. 16,32,64)")
+        if choices is not None:
+            for item in items:
+                if item not in choices:
+                    raise argparse.ArgumentTypeError(f"invalid choice {item!r} (choose from {', '.join(choices)})")
+        return [element(item) for item in items]
+
+    return parse
+
+
 def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
     origin = typing.get_origin(annotation)
     if origin in (Union, types.UnionType):
@@ -65,10 +89,13 @@ def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
-def add_config_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, config_class: type) -> None:
+def add_config_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, config_class: type, sweeps: bool = False
+) -> None:
     """Add one option per field of the dataclass ``config_class`` that was declared with :func:`option`.
 
-    The destination of each option is the field name, so ``config_from_args`` rebuilds the config.
+    The destination of each option is the field name, so ``config_from_args`` rebuilds the config. With
+    ``sweeps``, fields declared ``sweep=True`` take comma-separated lists (for :func:`configs_from_args`).
 
     Example:
         >>> add_config_options(parser.add_argument_group("SAE"), TrainConfig)
@@ -84,6 +111,9 @@ def add_config_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         shown_default = "none" if default is None else default
         if annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(annotation) is tuple and typing.get_args(annotation)[-1] is Ellipsis:
+            kwargs["type"] = comma_separated(typing.get_args(annotation)[0])
+            shown_default = "none" if default is None else ",".join(map(str, default))
         elif typing.get_origin(annotation) is tuple:
             element = typing.get_args(annotation)[0]
             kwargs.update(nargs=len(typing.get_args(annotation)), type=element)
@@ -97,6 +127,10 @@ def add_config_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         choices = spec["choices"]
         if choices is not None:
             kwargs["choices"] = tuple(choices() if callable(choices) else choices)
+        if sweeps and spec.get("sweep"):
+            element = whole_number if annotation is int else annotation
+            kwargs["type"] = comma_separated(element, kwargs.pop("choices", None))
+            kwargs["metavar"] = f"{field.name.upper()}[,...]"
         kwargs.update(spec["argparse"])
         if optional and "metavar" not in kwargs and "choices" not in kwargs and annotation is not bool:
             kwargs["metavar"] = field.name.upper()
@@ -117,6 +151,28 @@ def config_from_args(config_class: type, args: argparse.Namespace, **overrides: 
     }
     values.update(overrides)
     return config_class(**values)
+
+
+def configs_from_args(config_class: type, args: argparse.Namespace, **overrides: Any) -> list[Any]:
+    """One config per combination of the comma-separated values of ``sweep`` options (``--k 16,32 --arch
+    topk,batchtopk``: four), in the order the values were given; duplicates (e.g. ``k`` of an architecture that
+    ignores it) are dropped.
+
+    Example:
+        >>> configs = configs_from_args(TrainConfig, parser.parse_args(["--k", "16,32,64"]))  # three configs
+    """
+    swept = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(config_class)
+        if field.metadata.get(OPTION, {}).get("sweep") and isinstance(getattr(args, field.name, None), list)
+    }
+    configs: list[Any] = []
+    for combination in itertools.product(*swept.values()):
+        values = dict(zip(swept, combination, strict=True))
+        config = config_from_args(config_class, argparse.Namespace(**{**vars(args), **values}), **overrides)
+        if config not in configs:
+            configs.append(config)
+    return configs
 
 
 def run_reporting_errors(prog: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

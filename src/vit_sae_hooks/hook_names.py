@@ -25,6 +25,8 @@ _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _EMBEDDING_HOOKS = ("hook_embed", "hook_pos_embed", "hook_full_embed", "ln_pre.")
 _PER_HEAD = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_rot_q", "hook_rot_k")
 _PER_HEAD_MODEL_WIDTH = ("hook_result", "hook_q_input", "hook_k_input", "hook_v_input")
+# Hooks whose activations are [batch, pos, head, d]: one vector per head and token.
+PER_HEAD_HOOKS = _PER_HEAD + _PER_HEAD_MODEL_WIDTH
 _MLP_WIDTH = ("hook_pre", "hook_pre_linear", "hook_post")
 
 

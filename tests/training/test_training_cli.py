@@ -92,3 +92,44 @@ def test_train_command_writes_an_sae_trains_from_its_cache_and_reports_bad_input
 
     assert vit_sae([*base, "--cache-activations", str(cache), "--tokens", "cls", "--out", str(tmp_path / "z")]) == 2
     assert "use another --cache-activations folder" in capsys.readouterr().err
+
+
+def test_one_command_trains_several_saes_and_transcoders_from_one_pass(assets, tmp_path, capsys):
+    model, images = assets
+    out = tmp_path / "sweep"
+    args = ["train", "--model", str(model), *ARGS, "--k", "2,4", "--arch", "topk,batchtopk",
+            "--hook", "blocks.1.hook_resid_post", "--images", str(images), "--out", str(out)]
+    assert vit_sae(args) == 0
+    printed = capsys.readouterr().out
+    names = sorted(path.name for path in out.iterdir())
+    hooks = ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
+    assert names == sorted(f"{hook}-{arch}-k{k}" for hook in hooks for arch in ("batchtopk", "topk") for k in (2, 4))
+    for name in names:
+        sae = SAE.load(out / name)
+        hook, arch, k = name.split("-")
+        assert (sae.hook_name, sae.cfg.architecture, sae.cfg.k) == (hook, arch, int(k[1:]))
+        assert f"| {name} |" in printed
+
+    transcoder_out = tmp_path / "transcoder"
+    args = ["train", "--model", str(model), *ARGS, "--arch", "transcoder", "--hook-in", "blocks.1.ln2.hook_normalized",
+            "--hook-out", "blocks.1.hook_mlp_out", "--skip-connection", "--images", str(images), "--out",
+            str(transcoder_out)]
+    assert vit_sae(args[:2] + args[2:4] + args[4:]) == 2
+    assert "one --hook-out per --hook" in capsys.readouterr().err
+    args = [arg for arg in args if arg != "blocks.0.hook_resid_post"]
+    args.remove("--hook")
+    assert vit_sae(args) == 0
+    printed = capsys.readouterr().out
+    assert "saved a topk transcoder" in printed and "blocks.1.ln2.hook_normalized -> blocks.1.hook_mlp_out" in printed
+    transcoder = SAE.load(transcoder_out)
+    assert transcoder.is_transcoder and transcoder.cfg.skip_connection
+    assert (transcoder.hook_name, transcoder.hook_name_out) == ("blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out")
+
+    matryoshka = ["train", "--model", str(model), *ARGS, "--arch", "matryoshka", "--prefixes", "8,24",
+                  "--images", str(images), "--out", str(tmp_path / "m")]
+    assert vit_sae(matryoshka) == 0
+    printed = capsys.readouterr().out
+    assert SAE.load(tmp_path / "m").cfg.prefixes == (8, 24, 64)
+    assert "| m[:8] |" in printed and "| m[:24] |" in printed
+    assert vit_sae([*matryoshka[:-2], "--out", str(tmp_path / "n"), "--prefixes", "24,8"]) == 2
+    assert "strictly increasing" in capsys.readouterr().err

@@ -92,6 +92,8 @@ class SAE(HookedRootModule):
     buffer_names: ClassVar[tuple[str, ...]] = ()
     # Whether the architecture has a k-sparse code (encode_topk / decode_topk, no dense [.., d_sae] tensor).
     has_sparse_code: ClassVar[bool] = False
+    # Whether the config's k (active latents per token) means something for the architecture.
+    uses_k: ClassVar[bool] = False
     # Whether training_terms is implemented (architectures that are only loaded, not trained, say False).
     trainable: ClassVar[bool] = True
     # The TrainConfig field that scales sparsity_loss during training (None: the loss has no sparsity term).

@@ -6,10 +6,16 @@ Example:
 """
 
 from vit_sae_hooks.tokens import select_tokens
-from vit_sae_hooks.training.activations import BlockStream, ImageActivations, TensorActivations, hook_activations
+from vit_sae_hooks.training.activations import (
+    BlockStream,
+    ImageActivations,
+    TensorActivations,
+    hook_activations,
+    hook_columns,
+)
 from vit_sae_hooks.training.cache import CachedActivations, write_activation_cache
 from vit_sae_hooks.training.config import TrainConfig
-from vit_sae_hooks.training.trainer import geometric_median, train_sae
+from vit_sae_hooks.training.trainer import geometric_median, train_sae, train_saes
 
 __all__ = [
     "BlockStream",
@@ -19,7 +25,9 @@ __all__ = [
     "TrainConfig",
     "geometric_median",
     "hook_activations",
+    "hook_columns",
     "select_tokens",
     "train_sae",
+    "train_saes",
     "write_activation_cache",
 ]

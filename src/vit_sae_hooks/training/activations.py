@@ -1,4 +1,8 @@
-"""Activations to train on: one hook of a HookedViT over images, or a tensor, served as shuffled token batches.
+"""Activations to train on: hooks of a HookedViT over images, or tensors, served as shuffled token batches.
+
+A source may carry several hooks read in the same forward pass (several SAEs from one pass, or a
+transcoder's input and output hooks): each batch row is one token, its hooks' features side by side, and
+:func:`hook_columns` says which columns hold which hook.
 
 Every source cuts its data into *blocks* (a buffer's worth of images, or of rows) and shuffles the tokens
 of each block with a generator seeded by ``(seed, shard, block)``; a :class:`BlockStream` serves fixed-size
@@ -17,7 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vit_sae_hooks.errors import ConfigError, DataError, InputShapeError
-from vit_sae_hooks.hook_names import stop_layer
+from vit_sae_hooks.hook_names import PER_HEAD_HOOKS, stop_layer
 from vit_sae_hooks.tokens import select_tokens
 
 if TYPE_CHECKING:
@@ -34,26 +38,34 @@ def seeded_generator(*keys: int) -> torch.Generator:
 
 
 def hook_activations(
-    model: HookedViT, images: Float[Tensor, "batch channels height width"], hook_name: str, token_set: str = "all",
-    autocast: bool = True,
+    model: HookedViT, images: Float[Tensor, "batch channels height width"], hook_name: str | Sequence[str],
+    token_set: str = "all", autocast: bool = True,
 ) -> Float[Tensor, "tokens d"]:
     """The chosen tokens of ``hook_name`` on ``images``, running the model only as far as that hook.
+
+    With several hook names, one forward pass reads them all and each token's features are concatenated in
+    the order given (hooks with heads, ``[.., head, d_head]``, are flattened).
 
     Example:
         >>> acts = hook_activations(model, images, "blocks.9.hook_resid_post", "patches")  # [batch * 49, 768]
     """
-    model.check_hook_name(hook_name)
-    captured: list[Tensor] = []
+    names = [hook_name] if isinstance(hook_name, str) else list(hook_name)
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"hook names {names!r} must be one or more distinct hooks.")
+    for name in names:
+        model.check_hook_name(name)
+    captured: dict[str, Tensor] = {}
 
     def capture(activation: Tensor, hook: Any) -> None:
-        captured.append(activation)
+        captured[hook.name] = activation
 
-    stop = stop_layer(hook_name)
+    stops = [stop_layer(name) for name in names]
+    stop = None if None in stops else max(stops)
     use_autocast = autocast and images.is_cuda
     with (
         torch.no_grad(),
         torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast),
-        model.hooks(fwd_hooks=[(hook_name, capture)]),
+        model.hooks(fwd_hooks=[(name, capture) for name in names]),
     ):
         if stop is None:
             model(images, return_type=None)
@@ -62,8 +74,34 @@ def hook_activations(
     layout = model.token_layout
     if layout.valid is not None:
         raise ConfigError("training reads plain images; pass images [batch, channels, height, width], not padded NaFlex patches")
-    selected = select_tokens(captured[0], token_set, layout.n_prefix_tokens, layout.has_cls_token, repr(hook_name))
-    return selected.float()
+    parts = []
+    for name in names:
+        activation = captured[name]
+        if activation.ndim == 4 and name.rsplit(".", 1)[-1] in PER_HEAD_HOOKS:
+            activation = activation.flatten(-2)  # [batch, pos, head, d] -> one vector per token
+        parts.append(select_tokens(activation, token_set, layout.n_prefix_tokens, layout.has_cls_token, repr(name)))
+    if len({part.shape[0] for part in parts}) > 1:
+        counts = {name: part.shape[0] for name, part in zip(names, parts, strict=True)}
+        raise InputShapeError(
+            f"the hooks give different numbers of tokens per batch ({counts}); hooks read together must cover the "
+            "same tokens (e.g. all per-token hooks, or all per-image ones)."
+        )
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, -1)).float()
+
+
+def hook_columns(data: Any) -> dict[str | None, slice]:
+    """Which columns of ``data``'s batches hold each of its hooks, e.g. ``{"blocks.3.hook_resid_post": slice(0, 768)}``.
+
+    Sources that name one hook (``hook_name``, width ``d_in``) hold it in every column.
+
+    Example:
+        >>> hook_columns(ImageActivations(model, ["blocks.2.hook_resid_post", "blocks.5.hook_resid_post"], images))
+        {'blocks.2.hook_resid_post': slice(0, 768, None), 'blocks.5.hook_resid_post': slice(768, 1536, None)}
+    """
+    names = tuple(getattr(data, "hook_names", None) or (data.hook_name,))
+    widths = tuple(getattr(data, "widths", None) or (data.d_in,))
+    starts = [sum(widths[:i]) for i in range(len(widths))]
+    return {name: slice(start, start + width) for name, start, width in zip(names, starts, widths, strict=True)}
 
 
 class TokenStream(Protocol):
@@ -77,7 +115,11 @@ class TokenStream(Protocol):
 
 
 class ActivationData(Protocol):
-    """What the trainer trains on: a width, provenance, and one :class:`TokenStream` per data shard."""
+    """What the trainer trains on: a width, provenance, and one :class:`TokenStream` per data shard.
+
+    ``d_in`` is the width of a batch row; a source of several hooks also has ``hook_names`` and ``widths``
+    (see :func:`hook_columns`), and its ``hook_name`` is the first of them.
+    """
 
     d_in: int
     hook_name: str | None
@@ -146,23 +188,38 @@ def shuffled(tokens: Float[Tensor, "tokens d"], *keys: int) -> Float[Tensor, "to
 class TensorActivations:
     """Activations already in memory, ``[tokens, d_in]``, as training data (synthetic data, tests, small sets).
 
-    Shard ``s`` of ``n`` holds rows ``s, s + n, ...``; each epoch visits them in a fresh order, ``block_tokens``
-    at a time.
+    ``activations`` may also be a dict ``{hook_name: [tokens, d]}`` of several hooks over the same tokens (to
+    train several SAEs, or a transcoder, from them). Shard ``s`` of ``n`` holds rows ``s, s + n, ...``; each
+    epoch visits them in a fresh order, ``block_tokens`` at a time.
 
     Example:
         >>> data = TensorActivations(torch.randn(100_000, 768), hook_name="blocks.9.hook_resid_post")
     """
 
     def __init__(
-        self, activations: Float[Tensor, "tokens d_in"], hook_name: str | None = None, token_set: str = "all",
-        model_name: str | None = None, block_tokens: int = 65536,
+        self, activations: Float[Tensor, "tokens d_in"] | dict[str, Float[Tensor, "tokens d"]], hook_name: str | None = None,
+        token_set: str = "all", model_name: str | None = None, block_tokens: int = 65536,
     ) -> None:
-        if not isinstance(activations, Tensor) or activations.ndim != 2 or not activations.is_floating_point():
-            shape = tuple(activations.shape) if isinstance(activations, Tensor) else type(activations).__name__
-            raise InputShapeError(f"activations must be a float tensor [tokens, d_in], got {shape}.")
+        self.hook_names: tuple[str | None, ...] = (hook_name,)
+        if isinstance(activations, dict):
+            if hook_name is not None:
+                raise ConfigError("pass hook names as the dict's keys, not also as hook_name.")
+            if not activations:
+                raise InputShapeError("activations is an empty dict; pass {hook_name: [tokens, d]} for each hook.")
+            for name, tensor in activations.items():
+                _check_token_matrix(tensor, f"activations[{name!r}]")
+            if len({tensor.shape[0] for tensor in activations.values()}) > 1:
+                counts = {name: tensor.shape[0] for name, tensor in activations.items()}
+                raise InputShapeError(f"every hook's activations must cover the same tokens; got rows {counts}.")
+            self.hook_names = tuple(activations)
+            self.widths = tuple(tensor.shape[1] for tensor in activations.values())
+            activations = torch.cat(list(activations.values()), 1)
+        _check_token_matrix(activations, "activations")
+        if len(self.hook_names) == 1:
+            self.widths = (activations.shape[1],)
         self.activations = activations
         self.d_in = activations.shape[1]
-        self.hook_name = hook_name
+        self.hook_name = self.hook_names[0]
         self.token_set = token_set
         self.model_name = model_name
         self.block_tokens = block_tokens
@@ -187,8 +244,9 @@ class TensorActivations:
 
 
 class ImageActivations:
-    """One hook's activations on a set of images, computed a buffer of ``images_per_block`` images at a time.
+    """Hook activations on a set of images, computed a buffer of ``images_per_block`` images at a time.
 
+    ``hook_name`` is one hook or a list of hooks read in the same forward pass (see :func:`hook_columns`).
     ``images`` is a sequence (``len`` and indexing, e.g. :class:`~vit_sae_hooks.data.ImageFolder`) whose items
     are ``[C, H, W]`` tensors or ``(tensor, label)`` pairs, or any re-iterable of such items. Shard ``s`` of
     ``n`` gets images ``s, s + n, ...``; a sequence is visited in a fresh order each epoch, an iterable in its
@@ -199,13 +257,16 @@ class ImageActivations:
     """
 
     def __init__(
-        self, model: HookedViT, hook_name: str, images: Sequence[Any] | Iterable[Any], token_set: str = "all",
-        images_per_block: int = 256, batch_size: int = 64, num_workers: int = 0, autocast: bool = True,
+        self, model: HookedViT, hook_name: str | Sequence[str], images: Sequence[Any] | Iterable[Any],
+        token_set: str = "all", images_per_block: int = 256, batch_size: int = 64, num_workers: int = 0,
+        autocast: bool = True,
     ) -> None:
-        model.check_hook_name(hook_name)
+        self.hook_names: tuple[str, ...] = (hook_name,) if isinstance(hook_name, str) else tuple(hook_name)
+        for name in self.hook_names:
+            model.check_hook_name(name)
         self.model = model
         self.images = images
-        self.hook_name = hook_name
+        self.hook_name = self.hook_names[0]
         self.token_set = token_set
         self.model_name = model.cfg.model_name
         self.images_per_block = images_per_block
@@ -213,12 +274,15 @@ class ImageActivations:
         self.num_workers = num_workers
         self.autocast = autocast
         self.device = next(model.parameters()).device
-        self.d_in = self._probe_width()
+        self.widths = self._probe_widths()
+        self.d_in = sum(self.widths)
 
-    def _probe_width(self) -> int:
+    def _probe_widths(self) -> tuple[int, ...]:
         cfg = self.model.cfg
         probe = torch.zeros(cfg.input_shape(1), device=self.device)
-        return hook_activations(self.model, probe, self.hook_name, self.token_set, self.autocast).shape[-1]
+        return tuple(
+            hook_activations(self.model, probe, name, self.token_set, self.autocast).shape[-1] for name in self.hook_names
+        )
 
     def activations(self, images: Iterable[Any]) -> Float[Tensor, "tokens d_in"]:
         """The chosen tokens of the hook on ``images`` (items as in the constructor), batch by batch.
@@ -231,7 +295,7 @@ class ImageActivations:
             batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=_stack_images,
         )
         parts = [
-            hook_activations(self.model, batch.to(self.device), self.hook_name, self.token_set, self.autocast)
+            hook_activations(self.model, batch.to(self.device), self.hook_names, self.token_set, self.autocast)
             for batch in loader
         ]
         return torch.cat(parts) if parts else torch.empty(0, self.d_in, device=self.device)
@@ -276,6 +340,12 @@ class ImageActivations:
             return [next(state["items"]) for _ in range(self.images_per_block)]
 
         return block_images
+
+
+def _check_token_matrix(tensor: Any, what: str) -> None:
+    if not isinstance(tensor, Tensor) or tensor.ndim != 2 or not tensor.is_floating_point():
+        shape = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
+        raise InputShapeError(f"{what} must be a float tensor [tokens, d_in], got {shape}.")
 
 
 def is_indexable(items: Any) -> bool:

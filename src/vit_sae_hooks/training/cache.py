@@ -2,7 +2,7 @@
 
 Layout of a cache folder::
 
-    cache.json                       what was cached: hook, token set, model, width, parts
+    cache.json                       what was cached: hooks (and their widths), token set, model, parts
     part-000/index.json              finished files, tokens so far, the source stream's position, complete?
     part-000/000000.safetensors      one tensor "activations" [tokens, d_in], already shuffled
     ...
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from vit_sae_hooks.errors import DataError
 from vit_sae_hooks.files import read_json
-from vit_sae_hooks.training.activations import ActivationData, BlockStream, seeded_generator, shuffled
+from vit_sae_hooks.training.activations import ActivationData, BlockStream, hook_columns, seeded_generator, shuffled
 from vit_sae_hooks.training.checkpoint import replace_file
 
 logger = logging.getLogger(__name__)
@@ -62,10 +62,14 @@ def write_activation_cache(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    columns = hook_columns(data)
     description = {
         "d_in": data.d_in, "hook_name": data.hook_name, "token_set": data.token_set, "model_name": data.model_name,
         "parts": parts, "tokens": tokens, "seed": seed,
     }
+    if len(columns) > 1:
+        description["hook_names"] = list(columns)
+        description["widths"] = [part.stop - part.start for part in columns.values()]
     existing = folder / CACHE_FILE
     if existing.is_file():
         recorded = _read_json(existing)
@@ -133,6 +137,8 @@ class CachedActivations:
         self.hook_name: str | None = description["hook_name"]
         self.token_set: str = description["token_set"]
         self.model_name: str | None = description["model_name"]
+        self.hook_names: tuple[str | None, ...] = tuple(description.get("hook_names") or (self.hook_name,))
+        self.widths: tuple[int, ...] = tuple(description.get("widths") or (self.d_in,))
         self.files: list[Path] = []
         self.tokens = 0
         for part in range(description["parts"]):

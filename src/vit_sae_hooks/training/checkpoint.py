@@ -59,7 +59,7 @@ def save_sae_atomically(sae: SAE, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     staging = folder / f"{_TEMP_PREFIX}sae-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    sae.save(staging)
+    sae.save(staging, allow_lossy=True)  # what SAELens cannot express is still read back exactly here
     for name in (saelens.WEIGHTS_FILE, saelens.CONFIG_FILE):
         _fsync(staging / name)
         os.replace(staging / name, folder / name)
@@ -78,7 +78,7 @@ def write_checkpoint(out: Path, step: int, sae: SAE, state: dict[str, Any], keep
     name = f"{_STEP_PREFIX}{step:08d}"
     staging = root / f"{_TEMP_PREFIX}{name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    sae.save(staging)
+    sae.save(staging, allow_lossy=True)  # what SAELens cannot express is still read back exactly here
     # The SAELens folder may hold a transformed form (a scaling factor folded in); resuming needs the exact one.
     exact = {"sae_config": json.dumps(sae.cfg.to_dict()), "sae_state": {k: v.detach().cpu() for k, v in sae.state_dict().items()}}
     torch.save({**state, **exact}, staging / STATE_FILE)

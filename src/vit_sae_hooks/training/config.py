@@ -3,6 +3,7 @@ command-line option per field from the same declarations (help text included).""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -20,7 +21,7 @@ ARCHITECTURE_ALIASES = {"relu": "standard"}
 
 
 def _architecture_choices() -> tuple[str, ...]:
-    return (*architecture_names(), *ARCHITECTURE_ALIASES)
+    return (*architecture_names(), *ARCHITECTURE_ALIASES, "transcoder")
 
 
 @dataclass
@@ -41,10 +42,15 @@ class TrainConfig:
     """
 
     architecture: str = option("topk", "SAE architecture ('relu' is 'standard')", flags=("--arch",),
-                               choices=_architecture_choices)
-    k: int | None = option(32, "active latents per token (topk only)")
-    expansion_factor: int = option(16, "d_sae = expansion_factor * d_in", flags=("--expansion",))
-    d_sae: int | None = option(None, "number of latents, overriding expansion_factor")
+                               choices=_architecture_choices, sweep=True)
+    k: int | None = option(32, "active latents per token (topk; on average for batchtopk and matryoshka)", sweep=True)
+    expansion_factor: int = option(16, "d_sae = expansion_factor * d_in", flags=("--expansion",), sweep=True)
+    d_sae: int | None = option(None, "number of latents, overriding expansion_factor", sweep=True)
+    prefixes: tuple[int, ...] | None = option(
+        None, "matryoshka: cumulative prefix sizes, e.g. 128,512,2048 (d_sae is added as the last)")
+    batchtopk_threshold_lr: float = option(
+        0.01, "batchtopk/matryoshka: rate of the running inference threshold (SAELens's topk_threshold_lr)")
+    skip_connection: bool = option(False, "transcoders: a linear skip term x @ W_skip.T beside the sparse code")
     normalize_activations: TrainableNormalization = option(
         "none", "'scaling_factor' rescales inputs to an average norm of sqrt(d_in) with one fixed factor",
         flags=("--normalize",))
@@ -73,8 +79,20 @@ class TrainConfig:
     autocast: bool = option(True, "bfloat16 autocast on CUDA")
     wandb_project: str | None = option(None, "log to this Weights & Biases project", flags=("--wandb",),
                                        nargs="?", const="vit-sae", metavar="PROJECT")
+    # Which of the data's hooks the SAE reads (None: the data's only hook), and the hook a transcoder predicts.
+    # The command line sets them from --hook / --hook-out.
+    hook_name: str | None = None
+    hook_name_out: str | None = None
 
     def __post_init__(self) -> None:
+        if self.architecture == "transcoder":
+            # `--arch transcoder`: a TopK transcoder (the kind ViT-Prisma publishes); it needs the hook it predicts.
+            if self.hook_name_out is None:
+                raise ConfigError(
+                    "architecture 'transcoder' predicts another hook: pass --hook-out (hook_name_out), e.g. "
+                    "--hook blocks.5.ln2.hook_normalized --hook-out blocks.5.hook_mlp_out."
+                )
+            self.architecture = "topk"
         self.architecture = ARCHITECTURE_ALIASES.get(self.architecture, self.architecture)
         own = architecture_class(self.architecture)
         if not own.trainable:
@@ -82,11 +100,37 @@ class TrainConfig:
                 f"architecture {self.architecture!r} is not trainable; trainable: "
                 f"{[name for name in architecture_names() if architecture_class(name).trainable]}."
             )
-        if own.has_sparse_code:
+        if own.uses_k:
             positive_int("k", self.k, "Pass e.g. k=32.")
         else:
             # k belongs to k-sparse architectures only; the CLI passes its default along for every architecture.
             self.k = None
+        if isinstance(self.prefixes, list):
+            self.prefixes = tuple(self.prefixes)
+        if self.architecture == "matryoshka":
+            if self.prefixes is None:
+                raise ConfigError(
+                    "architecture 'matryoshka' needs prefixes, e.g. prefixes=(128, 512, 2048) (--prefixes 128,512,2048)."
+                )
+            for value in self.prefixes:
+                positive_int("prefixes", value)
+            if any(b <= a for a, b in itertools.pairwise(self.prefixes)):
+                raise ConfigError(f"prefixes {list(self.prefixes)} must be strictly increasing, e.g. 128,512,2048.")
+        else:
+            # Like k, the CLI passes prefixes along for every architecture; only matryoshka reads them.
+            self.prefixes = None
+        if self.hook_name_out is not None:
+            if self.hook_name_out == self.hook_name:
+                raise ConfigError(
+                    f"a transcoder reads one hook and predicts another, but both are {self.hook_name!r}; pass another --hook-out."
+                )
+            if self.normalize_activations != "none":
+                raise ConfigError(
+                    f"transcoders train on raw activations; normalize_activations={self.normalize_activations!r} is not "
+                    "supported for them (drop --normalize)."
+                )
+        elif self.skip_connection:
+            raise ConfigError("skip_connection is for transcoders; name the hook they predict (hook_name_out / --hook-out).")
         if self.normalize_activations not in TRAINABLE_NORMALIZATIONS:
             raise ConfigError(
                 f"normalize_activations={self.normalize_activations!r} is not supported for training; use one of "
@@ -108,7 +152,7 @@ class TrainConfig:
             raise ConfigError(f"decay_fraction must lie in [0, 1], got {self.decay_fraction!r}.")
         for name in ("grad_clip", "aux_coefficient", "l1_coefficient", "l0_coefficient"):
             finite_number(name, getattr(self, name), minimum=0)
-        for name in ("jumprelu_bandwidth", "jumprelu_init_threshold"):
+        for name in ("jumprelu_bandwidth", "jumprelu_init_threshold", "batchtopk_threshold_lr"):
             finite_number(name, getattr(self, name), minimum=0, strictly=True)
         if len(self.adam_betas) != 2:
             raise ConfigError(f"adam_betas must be two numbers (beta1, beta2), got {self.adam_betas!r}.")
@@ -164,6 +208,7 @@ class TrainConfig:
         """
         values = asdict(self)
         values["adam_betas"] = list(self.adam_betas)
+        values["prefixes"] = None if self.prefixes is None else list(self.prefixes)
         return values
 
     @classmethod

@@ -21,9 +21,10 @@ STAT_NAMES = ("tokens", "loss", "aux_loss", "sparsity_loss", "squared_error", "s
 class TrainingObjective(nn.Module):
     """The loss of an SAE on a batch, with per-step statistics; the module DDP wraps.
 
-    ``forward(x, dead, sparsity_coefficient)`` returns ``(loss, stats, fired)``: ``dead`` names the dead
-    latents (indices, or a ``[d_sae]`` boolean mask); ``stats`` are sums over the batch in :data:`STAT_NAMES`
-    order followed by the sum of the (normalised) inputs; ``fired`` marks the latents active on some token.
+    ``forward(x, dead, sparsity_coefficient, target=None)`` returns ``(loss, stats, fired)``: ``dead`` names
+    the dead latents (indices, or a ``[d_sae]`` boolean mask); ``target`` is what a transcoder predicts (an
+    SAE reconstructs its normalised input); ``stats`` are sums over the batch in :data:`STAT_NAMES` order
+    followed by the sum of the targets; ``fired`` marks the latents active on some token.
 
     Example:
         >>> loss, stats, fired = TrainingObjective(sae, TrainConfig(), variance=1.0)(x, dead_latents, 1.0)
@@ -37,11 +38,12 @@ class TrainingObjective(nn.Module):
 
     def forward(
         self, x: Float[Tensor, "batch d_in"], dead: Int[Tensor, " n_dead"] | Bool[Tensor, " d_sae"],
-        sparsity_coefficient: float,
-    ) -> tuple[Float[Tensor, ""], Float[Tensor, " n_stats_plus_d_in"], Bool[Tensor, " d_sae"]]:
+        sparsity_coefficient: float, target: Float[Tensor, "batch d_out"] | None = None,
+    ) -> tuple[Float[Tensor, ""], Float[Tensor, " n_stats_plus_d_out"], Bool[Tensor, " d_sae"]]:
         dead_latents = dead.nonzero().flatten() if dead.dtype == torch.bool else dead
-        target, _ = self.sae.normalised_input(x)
-        terms = self.sae.training_terms(target, target, TrainingBatch(dead_latents, self.variance, self.config))
+        inputs, _ = self.sae.normalised_input(x)
+        target = inputs if target is None else target.to(inputs.dtype)
+        terms = self.sae.training_terms(inputs, target, TrainingBatch(dead_latents, self.variance, self.config))
         error = target - terms.reconstruction.float()
         reconstruction = error.pow(2).sum(-1).mean() / self.variance
         loss = (

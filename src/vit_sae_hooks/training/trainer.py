@@ -21,7 +21,7 @@ from vit_sae_hooks.errors import ConfigError
 from vit_sae_hooks.sae import SAE, SAEConfig
 from vit_sae_hooks.sae.normalization import normalize
 from vit_sae_hooks.training import distributed
-from vit_sae_hooks.training.activations import ActivationData, TokenStream
+from vit_sae_hooks.training.activations import ActivationData, TokenStream, hook_columns
 from vit_sae_hooks.training.checkpoint import find_checkpoint, read_checkpoint, save_sae_atomically, write_checkpoint
 from vit_sae_hooks.training.config import TrainConfig
 from vit_sae_hooks.training.objective import STAT_NAMES, TrainingObjective, summarise
@@ -78,7 +78,7 @@ def sparsity_coefficient_at(step: int, config: TrainConfig) -> float:
 
 
 class _Run:
-    """The mutable state of one training run; what a checkpoint stores and a resume restores."""
+    """The mutable state of one SAE's training; what its checkpoint stores and a resume restores."""
 
     def __init__(
         self, sae: SAE, optimizer: torch.optim.Optimizer, variance: float, step: int, tokens_since_fired: Tensor
@@ -91,6 +91,15 @@ class _Run:
         # Refreshed every log_every steps (and stored in checkpoints) so a resumed run sees the same set.
         self.dead_latents = tokens_since_fired.new_empty(0)
         self.wandb_id: str | None = None
+        # Set by train_saes: the run's settings, columns of the shared batch, folder and loss module.
+        self.config: TrainConfig
+        self.inputs: slice
+        self.targets: slice | None = None
+        self.out: Path | None = None
+        self.module: torch.nn.Module
+        self.window: Tensor
+        self.wandb: Any = None
+        self.metrics: dict[str, float] = {}
 
 
 def train_sae(
@@ -107,13 +116,50 @@ def train_sae(
     ``resume=True`` continues from the latest checkpoint under ``out`` (a path: from that checkpoint),
     giving the same SAE as an uninterrupted run; with none there yet, training starts fresh. Under
     ``torchrun`` each process trains on its own data shards and DDP averages the gradients.
-    ``callbacks`` are called as ``callback(step, metrics)`` after every step.
+    ``callbacks`` are called as ``callback(step, metrics)`` after every step. ``config.hook_name`` picks
+    one of the data's hooks (default: its only one); ``config.hook_name_out`` makes it a transcoder.
 
     Example:
         >>> sae = train_sae(ImageActivations(model, "blocks.9.hook_resid_post", images), TrainConfig(k=32), out="runs/l9")
     """
+    return train_saes(data, [config], outs=None if out is None else [out], resume=resume, device=device,
+                      callbacks=callbacks, progress=progress)[0]
+
+
+def train_saes(
+    data: ActivationData,
+    configs: Sequence[TrainConfig],
+    outs: Sequence[str | os.PathLike] | None = None,
+    resume: bool | str | os.PathLike = False,
+    device: torch.device | str | None = None,
+    callbacks: Sequence[StepCallback] = (),
+    progress: bool = True,
+) -> list[SAE]:
+    """Train one SAE per config from one stream of ``data``: every batch is read once and used by all of them.
+
+    The configs may read different hooks of the data (``config.hook_name``), be transcoders between them
+    (``config.hook_name_out``), or differ in architecture, ``k`` or width; each SAE has its own optimiser,
+    dead-latent counters, checkpoints (``outs[i]/checkpoints``) and saved result (``outs[i]``). They share
+    the data settings (``batch_size``, ``tokens_budget``, ``seed``, ``data_shards``, ``init_tokens``).
+    ``resume=True`` continues every run from its latest checkpoint (all at the same step).
+    ``callbacks`` get ``(step, metrics)`` per SAE, with ``metrics["run"]`` its index.
+
+    Example:
+        >>> saes = train_saes(data, [TrainConfig(k=16), TrainConfig(k=32), TrainConfig(k=64)],
+        ...                   outs=["runs/k16", "runs/k32", "runs/k64"])
+    """
+    configs = list(configs)
+    if not configs:
+        raise ConfigError("train_saes needs at least one TrainConfig.")
+    _check_shared_settings(configs)
+    outs = [None] * len(configs) if outs is None else [Path(out) for out in outs]
+    if len(outs) != len(configs):
+        raise ConfigError(f"got {len(configs)} configs but {len(outs)} output folders; pass one folder per config.")
+    if len(configs) > 1 and resume not in (False, True, None):
+        raise ConfigError("resume from one checkpoint path is for a single SAE; with several, pass resume=True.")
     device = torch.device(device) if device is not None else distributed.init_from_environment()
-    out_path = Path(out) if out is not None else None
+    config = configs[0]
+    columns = hook_columns(data)
     world, rank = distributed.world_size(), distributed.rank()
     n_shards = config.data_shards or world
     if n_shards % world:
@@ -122,68 +168,140 @@ def train_sae(
         )
     if config.batch_size % n_shards:
         raise ConfigError(f"batch_size={config.batch_size} must divide evenly over data_shards={n_shards}.")
+    slices = [_run_columns(columns, run_config) for run_config in configs]
     shards = list(range(rank, n_shards, world))
     streams = {shard: data.stream(shard, n_shards, config.seed) for shard in shards}
 
-    checkpoint = _checkpoint_to_resume(resume, out_path)
-    if checkpoint is not None:
-        run = _resumed_run(checkpoint, data, config, n_shards, streams, device)
-        logger.info("resuming from %s at step %d", checkpoint, run.step)
+    checkpoints = [_checkpoint_to_resume(resume, out) for out in outs]
+    if any(checkpoint is not None for checkpoint in checkpoints):
+        if any(checkpoint is None for checkpoint in checkpoints):
+            missing = [str(out) for out, checkpoint in zip(outs, checkpoints, strict=True) if checkpoint is None]
+            raise ConfigError(f"cannot resume: {missing} hold no checkpoint while the other runs do; start them afresh.")
+        runs = [
+            _resumed_run(checkpoint, data, run_config, n_shards, device, inputs, targets)
+            for checkpoint, run_config, (inputs, targets) in zip(checkpoints, configs, slices, strict=True)
+        ]
+        steps = {run.step for run in runs}
+        if len(steps) > 1:
+            raise ConfigError(f"cannot resume: the runs' latest checkpoints are at different steps {sorted(steps)}.")
+        # Every run's checkpoint stores the same stream position (they were written at the same step).
+        state = read_checkpoint(checkpoints[0], device="cpu")[1]
+        for shard, stream in streams.items():
+            stream.load_state_dict(state["streams"][str(shard)])
+        logger.info("resuming %d run(s) from step %d", len(runs), runs[0].step)
     else:
-        run = _fresh_run(data, config, n_shards, streams, device)
-    sae = run.sae
-    objective = TrainingObjective(sae, config, run.variance)
-    model: torch.nn.Module = objective
-    if distributed.is_distributed():
-        model = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+        sample = _initial_sample(config, streams, n_shards)
+        runs = [
+            _fresh_run(data, sample, run_config, device, inputs, targets)
+            for run_config, (inputs, targets) in zip(configs, slices, strict=True)
+        ]
+    for run, run_config, out in zip(runs, configs, outs, strict=True):
+        run.config, run.out = run_config, out
+        objective = TrainingObjective(run.sae, run_config, run.variance)
+        run.module = objective
+        if distributed.is_distributed():
+            run.module = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+        run.window = torch.zeros(len(STAT_NAMES) + run.sae.d_out, dtype=torch.float64, device=device)
+        run.wandb = _start_wandb(run_config, run.sae.cfg, run) if rank == 0 else None
 
     total = config.total_steps
-    peak = config.learning_rate(sae.d_sae)
     per_shard = config.batch_size // n_shards
     use_autocast = config.autocast and device.type == "cuda"
-    wandb_run = _start_wandb(config, sae.cfg, run) if rank == 0 else None
-    bar = tqdm(total=total, initial=run.step, disable=not progress or rank != 0, file=sys.stderr, desc="train SAE")
-    window = torch.zeros(len(STAT_NAMES) + sae.d_in, dtype=torch.float64, device=device)
-    metrics: dict[str, float] = {}
-    for step in range(run.step, total):
+    start = runs[0].step
+    description = "train SAE" if len(runs) == 1 else f"train {len(runs)} SAEs"
+    bar = tqdm(total=total, initial=start, disable=not progress or rank != 0, file=sys.stderr, desc=description)
+    for step in range(start, total):
         batch = torch.cat([streams[shard].next_batch(per_shard) for shard in shards]).to(device, non_blocking=True)
-        for group in run.optimizer.param_groups:
-            group["lr"] = learning_rate_at(step, peak, config)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
-            loss, stats, fired = model(batch, run.dead_latents, sparsity_coefficient_at(step, config))
-        loss.backward()
-        optimisation_step(sae, run.optimizer, config.grad_clip)
-
-        # One collective per step: which latents fired anywhere, and the statistics for the progress bar.
-        reduced = distributed.sum_over_processes(torch.cat([fired.double(), stats.double()]))
-        fired_anywhere = reduced[: sae.d_sae] > 0
-        run.tokens_since_fired = torch.where(fired_anywhere, 0, run.tokens_since_fired + config.batch_size)
-        window += reduced[sae.d_sae :]
-        run.step = step + 1
-        if run.step % config.log_every == 0 or run.step == total:
-            # The dead set is read back here, every log_every steps, so the steps between need no host sync.
-            run.dead_latents = _dead_latents(run, config)
-            dead_fraction = run.dead_latents.numel() / sae.d_sae
-            metrics = summarise(window, dead_fraction)
-            window.zero_()
+        for index, run in enumerate(runs):
+            _train_step(run, batch, step, use_autocast)
+            for callback in callbacks:
+                callback(run.step, {**run.metrics, "run": index} if len(runs) > 1 else run.metrics)
+        if progress and runs[0].metrics:
+            shown = runs[0].metrics
             bar.set_postfix(
-                loss=f"{metrics['loss']:.4f}", ev=f"{metrics['explained_variance']:.3f}",
-                l0=f"{metrics['l0']:.1f}", dead=f"{metrics['dead_fraction']:.3f}",
+                loss=f"{shown['loss']:.4f}", ev=f"{shown['explained_variance']:.3f}", l0=f"{shown['l0']:.1f}",
+                dead=f"{shown['dead_fraction']:.3f}",
             )
-            if wandb_run is not None:
-                wandb_run.log({**metrics, "lr": learning_rate_at(step, peak, config)}, step=run.step)
         bar.update(1)
-        if out_path is not None and run.step % config.checkpoint_every == 0 and run.step < total:
-            _checkpoint(out_path, run, config, n_shards, streams)
-        for callback in callbacks:
-            callback(run.step, metrics)
+        if runs[0].step % config.checkpoint_every == 0 and runs[0].step < total:
+            positions = _stream_positions(streams)
+            for run in runs:
+                if run.out is not None:
+                    _checkpoint(run, n_shards, positions)
     bar.close()
-    if out_path is not None and rank == 0:
-        save_sae_atomically(sae, out_path)
+    for run in runs:
+        if run.out is not None and rank == 0:
+            save_sae_atomically(run.sae, run.out)
     distributed.barrier()
-    if wandb_run is not None:
-        wandb_run.finish()
-    return sae.eval()
+    for run in runs:
+        if run.wandb is not None:
+            run.wandb.finish()
+    return [run.sae.eval() for run in runs]
+
+
+def _train_step(run: _Run, batch: Tensor, step: int, use_autocast: bool) -> None:
+    config = run.config
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate_at(step, config.learning_rate(run.sae.d_sae), config)
+    inputs = batch[:, run.inputs]
+    targets = batch[:, run.targets] if run.targets is not None else None
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
+        loss, stats, fired = run.module(inputs, run.dead_latents, sparsity_coefficient_at(step, config), targets)
+    loss.backward()
+    optimisation_step(run.sae, run.optimizer, config.grad_clip)
+    # One collective per step and SAE: which latents fired anywhere, and the statistics for the progress bar.
+    d_sae = run.sae.d_sae
+    reduced = distributed.sum_over_processes(torch.cat([fired.double(), stats.double()]))
+    fired_anywhere = reduced[:d_sae] > 0
+    run.tokens_since_fired = torch.where(fired_anywhere, 0, run.tokens_since_fired + config.batch_size)
+    run.window += reduced[d_sae:]
+    run.step = step + 1
+    if run.step % config.log_every == 0 or run.step == config.total_steps:
+        # The dead set is read back here, every log_every steps, so the steps between need no host sync.
+        run.dead_latents = _dead_latents(run, config)
+        run.metrics = summarise(run.window, run.dead_latents.numel() / d_sae)
+        run.window.zero_()
+        if run.wandb is not None:
+            run.wandb.log({**run.metrics, "lr": learning_rate_at(step, config.learning_rate(d_sae), config)}, step=run.step)
+
+
+def _check_shared_settings(configs: list[TrainConfig]) -> None:
+    shared = ("batch_size", "tokens_budget", "seed", "data_shards", "init_tokens", "autocast")
+    for name in shared:
+        values = {getattr(config, name) for config in configs}
+        if len(values) > 1:
+            raise ConfigError(
+                f"SAEs trained from one stream share {name}, but the configs have {sorted(map(str, values))}; "
+                f"give them the same {name} (the data settings {shared} are common)."
+            )
+
+
+def _run_columns(columns: dict[str | None, slice], config: TrainConfig) -> tuple[slice, slice | None]:
+    """The columns of the shared batch a run reads, and (for a transcoder) those it predicts."""
+
+    def find(name: str | None, role: str) -> slice:
+        if name is None:
+            if len(columns) > 1:
+                raise ConfigError(
+                    f"the data holds several hooks {list(columns)}; set the config's {role} to the one to train on."
+                )
+            return next(iter(columns.values()))
+        if name in columns:
+            return columns[name]
+        if len(columns) == 1 and next(iter(columns)) is None:
+            return next(iter(columns.values()))
+        raise ConfigError(f"the config's {role} is {name!r}, but the data holds {list(columns)}; read that hook too.")
+
+    inputs = find(config.hook_name, "hook_name")
+    targets = find(config.hook_name_out, "hook_name_out") if config.hook_name_out is not None else None
+    return inputs, targets
+
+
+def _stream_positions(streams: dict[int, TokenStream]) -> dict[str, dict[str, int]]:
+    positions: dict[str, dict[str, int]] = {}
+    for part in distributed.gather_objects({str(shard): stream.state_dict() for shard, stream in streams.items()}):
+        positions.update(part)
+    return positions
 
 
 def _dead_latents(run: _Run, config: TrainConfig) -> Tensor:
@@ -210,15 +328,25 @@ def _checkpoint_to_resume(resume: bool | str | os.PathLike, out: Path | None) ->
     return found
 
 
-def _sae_config(data: ActivationData, config: TrainConfig, scaling_factor: float | None) -> SAEConfig:
+def _sae_config(
+    data: ActivationData, config: TrainConfig, d_in: int, d_out: int | None, scaling_factor: float | None
+) -> SAEConfig:
+    d_sae = config.sae_width(d_in)
+    prefixes = config.prefixes
+    if prefixes is not None and prefixes[-1] < d_sae:
+        prefixes = (*prefixes, d_sae)
+    transcoder = {}
+    if d_out is not None:
+        transcoder = {"d_out": d_out, "hook_name_out": config.hook_name_out, "skip_connection": config.skip_connection,
+                      "apply_b_dec_to_input": False}
     return SAEConfig(
-        d_in=data.d_in, d_sae=config.sae_width(data.d_in), architecture=config.architecture, k=config.k,
+        d_in=d_in, d_sae=d_sae, architecture=config.architecture, k=config.k, prefixes=prefixes,
         normalize_activations=config.normalize_activations, scaling_factor=scaling_factor,
-        hook_name=data.hook_name, token_set=data.token_set, model_name=data.model_name,
+        hook_name=config.hook_name or data.hook_name, token_set=data.token_set, model_name=data.model_name, **transcoder,
     )
 
 
-def _initial_sample(config: TrainConfig, streams: dict[int, TokenStream], n_shards: int) -> Float[Tensor, "tokens d_in"]:
+def _initial_sample(config: TrainConfig, streams: dict[int, TokenStream], n_shards: int) -> Float[Tensor, "tokens d"]:
     # Drawn from the training streams themselves and gathered in shard order, so every process (and a
     # single process running the same shards) initialises from the same tokens.
     # A short run should not spend more tokens on initialisation than on training.
@@ -231,43 +359,52 @@ def _initial_sample(config: TrainConfig, streams: dict[int, TokenStream], n_shar
 
 
 def _fresh_run(
-    data: ActivationData, config: TrainConfig, n_shards: int, streams: dict[int, TokenStream], device: torch.device
+    data: ActivationData, sample: Tensor, config: TrainConfig, device: torch.device, inputs: slice, targets: slice | None,
 ) -> _Run:
-    sample = _initial_sample(config, streams, n_shards)
+    x = sample[:, inputs]
+    y = sample[:, targets] if targets is not None else None
     scaling_factor = None
     if config.normalize_activations == "scaling_factor":
-        scaling_factor = float(math.sqrt(data.d_in) / sample.norm(dim=1).mean())
-    sae_config = _sae_config(data, config, scaling_factor)
-    sample, _ = normalize(sample, sae_config.normalize_activations, sae_config.scaling_factor)
-    variance = float((sample - sample.mean(0)).pow(2).sum(1).mean())
+        scaling_factor = float(math.sqrt(x.shape[1]) / x.norm(dim=1).mean())
+    sae_config = _sae_config(data, config, x.shape[1], None if y is None else y.shape[1], scaling_factor)
+    target, _ = normalize(x, sae_config.normalize_activations, sae_config.scaling_factor)
+    if y is not None:
+        target = y
+    variance = float((target - target.mean(0)).pow(2).sum(1).mean())
     if not variance > 0:
         raise ConfigError("the first training tokens are all identical (zero variance); check the hook and the images.")
     torch.manual_seed(config.seed)
     sae = SAE(sae_config)
     with torch.no_grad():
         sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True)
-        sae.W_enc.copy_(sae.W_dec.T)
+        if y is None:
+            sae.W_enc.copy_(sae.W_dec.T)
+        # b_dec is what the reconstruction starts from: the centre of the target (a transcoder's output).
         if config.b_dec_init == "mean":
-            sae.b_dec.copy_(sample.mean(0))
+            sae.b_dec.copy_(target.mean(0))
         elif config.b_dec_init == "geometric_median":
-            sae.b_dec.copy_(geometric_median(sample))
+            sae.b_dec.copy_(geometric_median(target))
     sae.prepare_for_training(config)
     sae = sae.to(device).train()
     optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate(sae.d_sae), betas=config.adam_betas)
     tokens_since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
-    return _Run(sae, optimizer, variance, 0, tokens_since_fired)
+    run = _Run(sae, optimizer, variance, 0, tokens_since_fired)
+    run.inputs, run.targets = inputs, targets
+    return run
 
 
 def _resumed_run(
-    checkpoint: Path, data: ActivationData, config: TrainConfig, n_shards: int, streams: dict[int, TokenStream],
-    device: torch.device,
+    checkpoint: Path, data: ActivationData, config: TrainConfig, n_shards: int, device: torch.device,
+    inputs: slice, targets: slice | None,
 ) -> _Run:
     sae, state = read_checkpoint(checkpoint, device=device)
     saved_config = TrainConfig.from_dict(json.loads(state["train_config"]))
-    expected = _sae_config(data, config, sae.cfg.scaling_factor)
+    d_out = None if targets is None else targets.stop - targets.start
+    expected = _sae_config(data, config, inputs.stop - inputs.start, d_out, sae.cfg.scaling_factor)
     mismatches = [
         f"{name} {getattr(sae.cfg, name)!r} (this run: {getattr(expected, name)!r})"
-        for name in ("architecture", "k", "d_in", "d_sae", "hook_name", "token_set", "normalize_activations")
+        for name in ("architecture", "k", "d_in", "d_sae", "d_out", "prefixes", "hook_name", "hook_name_out",
+                     "token_set", "normalize_activations")
         if getattr(sae.cfg, name) != getattr(expected, name)
     ]
     mismatches += [
@@ -288,18 +425,14 @@ def _resumed_run(
     sae = sae.train()
     optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate(sae.d_sae), betas=config.adam_betas)
     optimizer.load_state_dict(state["optimizer"])
-    for shard, stream in streams.items():
-        stream.load_state_dict(state["streams"][str(shard)])
     run = _Run(sae, optimizer, float(state["variance"]), int(state["step"]), state["tokens_since_fired"].to(device))
     run.dead_latents = state["dead_latents"].to(device) if "dead_latents" in state else _dead_latents(run, config)
     run.wandb_id = state.get("wandb_id")
+    run.inputs, run.targets = inputs, targets
     return run
 
 
-def _checkpoint(out: Path, run: _Run, config: TrainConfig, n_shards: int, streams: dict[int, TokenStream]) -> None:
-    positions: dict[str, dict[str, int]] = {}
-    for part in distributed.gather_objects({str(shard): stream.state_dict() for shard, stream in streams.items()}):
-        positions.update(part)
+def _checkpoint(run: _Run, n_shards: int, positions: dict[str, dict[str, int]]) -> None:
     if distributed.rank() == 0:
         state: dict[str, Any] = {
             "step": run.step,
@@ -309,10 +442,10 @@ def _checkpoint(out: Path, run: _Run, config: TrainConfig, n_shards: int, stream
             "variance": run.variance,
             "streams": positions,
             "n_shards": n_shards,
-            "train_config": json.dumps(config.to_dict()),
+            "train_config": json.dumps(run.config.to_dict()),
             "wandb_id": run.wandb_id,
         }
-        write_checkpoint(out, run.step, run.sae, state, config.keep_checkpoints)
+        write_checkpoint(run.out, run.step, run.sae, state, run.config.keep_checkpoints)
     distributed.barrier()
 
 

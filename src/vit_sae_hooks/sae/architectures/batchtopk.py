@@ -44,6 +44,7 @@ class BatchTopKSAE(SAE):
     saelens_architecture = "jumprelu"
     saelens_training_architecture = "batchtopk"
     buffer_names = ("threshold",)
+    uses_k = True
 
     threshold: Float[Tensor, " d_sae"]
 

@@ -75,6 +75,7 @@ class TopKSAE(SAE):
     architecture = "topk"
     saelens_architecture = "topk"
     has_sparse_code = True
+    uses_k = True
 
     @classmethod
     def check_config(cls, cfg: SAEConfig) -> None:
