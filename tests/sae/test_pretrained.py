@@ -26,7 +26,11 @@ SUITE_SIZES = {
     "prisma-clip-b32-topk64-cls": 12,
     "prisma-clip-b32-vanilla-patches": 11,
     "clipscope-clip-l14-topk32": 8,
+    "prisma-clip-b32-transcoder-topk": 11,
+    "saev-24k": 3,
 }
+MODELS = (pretrained.PRISMA_BASE_MODEL, pretrained.CLIPSCOPE_BASE_MODEL, "openai/clip-vit-base-patch16",
+          "facebook/dinov2-base", "imageomics/bioclip")
 
 
 def test_suites_have_the_published_number_of_entries() -> None:
@@ -40,12 +44,18 @@ def test_suites_have_the_published_number_of_entries() -> None:
 def test_every_entry_is_well_formed(entry: pretrained.PretrainedSAE) -> None:
     assert re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", entry.repo_id)
     assert entry.files and all(isinstance(pattern, str) and pattern for pattern in entry.files)
-    assert entry.name.endswith(f"/{entry.hook}/{entry.layer}")
-    assert re.fullmatch(r"blocks\.\d+\.hook_(resid_post|mlp_out)", entry.hook_name)
+    assert entry.name.endswith(f"/{entry.hook_out or entry.hook}/{entry.layer}")
+    if entry.hook_out is None:
+        assert re.fullmatch(r"blocks\.\d+\.hook_(resid_post|mlp_out)", entry.hook_name)
+    else:
+        assert (entry.hook_name, entry.hook_name_out) == (f"blocks.{entry.layer}.ln2.hook_normalized",
+                                                          f"blocks.{entry.layer}.hook_mlp_out")
     assert entry.tokens in ("all", "cls", "patches")
     assert entry.architecture in ("standard", "topk") and (entry.k is not None) == (entry.architecture == "topk")
-    assert entry.model_name in (pretrained.PRISMA_BASE_MODEL, pretrained.CLIPSCOPE_BASE_MODEL)
-    assert entry.metrics and all(math.isfinite(value) for value in entry.metrics.values())
+    assert entry.model_name in MODELS
+    # saev publishes no metric table; every other suite does.
+    assert bool(entry.metrics) == (entry.suite != "saev-24k")
+    assert all(math.isfinite(value) for value in entry.metrics.values())
     assert pretrained.get(entry.name) is entry
     assert entry.hub_path.startswith(entry.repo_id)
 
@@ -72,7 +82,7 @@ def published_prisma_rows() -> list[list[str]]:
 
 def test_prisma_entries_carry_the_published_repo_ids_and_numbers() -> None:
     rows = published_prisma_rows()
-    prisma = [e for e in pretrained.all_entries() if e.suite.startswith("prisma")]
+    prisma = [e for e in pretrained.all_entries() if e.suite.startswith("prisma") and e.hook_out is None]
     assert len(rows) == len(prisma)
     for row, entry in zip(rows, prisma, strict=True):
         link = re.search(r"\(https://huggingface.co/(.+)\)", row[0]).group(1)
@@ -81,6 +91,41 @@ def test_prisma_entries_carry_the_published_repo_ids_and_numbers() -> None:
         published_numbers = [float(cell) for cell in row[3:]]
         ours = ([entry.l1_coefficient] if entry.l1_coefficient is not None else []) + list(entry.metrics.values())
         assert ours == published_numbers, entry.name
+
+
+def test_prisma_transcoders_carry_the_published_table() -> None:
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in (PUBLISHED / "prisma_clip_b32_transcoder_table.md").read_text().splitlines()
+        if line.startswith("| [link]")
+    ]
+    entries = pretrained.find(suite="prisma-clip-b32-transcoder-topk")
+    assert len(rows) == len(entries) == 11
+    for row, entry in zip(rows, entries, strict=True):
+        assert entry.repo_id == re.search(r"\(https://huggingface.co/(.+)\)", row[0]).group(1)
+        assert (str(entry.layer), row[2], entry.k) == (row[1], "MLP", int(row[4]))
+        published = [float(row[3]), *map(float, row[5:])]
+        assert list(entry.metrics.values()) == published, entry.name
+        assert (entry.architecture, entry.d_sae, entry.tokens) == ("topk", 768 * 64, "all")
+
+
+def test_saev_entries_name_their_caveat_and_read_the_hub_cache(tmp_path: Path, offline: None) -> None:
+    entry = pretrained.get("saev/clip-b16/resid_post/10")
+    assert (entry.hook_name, entry.tokens, entry.filename) == ("blocks.10.hook_resid_post", "patches", "sae.pt")
+    assert "fold_input_affine" in entry.notes
+    make_hub_cache(tmp_path, entry.repo_id, {"sae.pt": FIXTURES / "saev_legacy_relu/sae.pt"})
+    sae = SAE.from_pretrained(entry.name, cache_dir=tmp_path)
+    assert (sae.hook_name, sae.model_name, sae.token_set) == (entry.hook_name, entry.model_name, "patches")
+
+
+def test_a_transcoder_entry_fills_both_hooks(tmp_path: Path, offline: None) -> None:
+    entry = pretrained.get("prisma/clip-b32/transcoder-topk/mlp_out/3")
+    assert pretrained.find(hook="blocks.3.hook_mlp_out", suite=entry.suite) == [entry]
+    assert pretrained.find(hook="blocks.3.ln2.hook_normalized") == [entry]
+    fixture = FIXTURES / "prisma_transcoder_topk_skip_layernorm"
+    make_hub_cache(tmp_path, entry.repo_id, {"config.json": fixture / "config.json", "weights.pt": fixture / "weights.pt"})
+    sae = SAE.from_pretrained(entry.name, cache_dir=tmp_path)
+    assert sae.is_transcoder and (sae.hook_name, sae.hook_name_out) == ("blocks.3.ln2.hook_normalized", "blocks.3.hook_mlp_out")
 
 
 def test_clipscope_entries_carry_the_model_card_numbers() -> None:
@@ -105,12 +150,15 @@ def test_clipscope_entries_carry_the_model_card_numbers() -> None:
     "query, expected",
     [
         ({"layer": 9, "hook": "resid_post", "tokens": "all"}, ["prisma/clip-b32/all-patches/resid_post/9"]),
-        ({"hook": "blocks.9.hook_mlp_out"}, ["prisma/clip-b32/all-patches/mlp_out/9"]),
+        ({"hook": "blocks.9.hook_mlp_out"},
+         ["prisma/clip-b32/all-patches/mlp_out/9", "prisma/clip-b32/transcoder-topk/mlp_out/9"]),
         ({"layer": 9, "hook": "hook_mlp_out", "tokens": "cls"}, []),
         ({"layer": 3, "hook": "blocks.9.hook_resid_post"}, []),
         ({"layer": 11, "architecture": "topk", "tokens": "cls"}, ["prisma/clip-b32/cls-topk64/resid_post/11"]),
         ({"layer": 22}, ["clipscope/clip-l14/resid_post/22"]),
-        ({"layer": 10, "tokens": "patches"}, []),
+        ({"layer": 10, "tokens": "patches"},
+         ["saev/clip-b16/resid_post/10", "saev/dinov2-b14/resid_post/10", "saev/bioclip-b16/resid_post/10"]),
+        ({"layer": 10, "tokens": "patches", "model": pretrained.PRISMA_BASE_MODEL}, []),
     ],
 )
 def test_find(query: dict, expected: list[str]) -> None:

@@ -298,3 +298,32 @@ def test_classes_are_exported():
     transcoder = SAE(SAEConfig(d_in=8, d_sae=16, d_out=4, apply_b_dec_to_input=False))
     assert isinstance(transcoder, Transcoder) and transcoder.W_dec.shape == (16, 4) and transcoder.b_dec.shape == (4,)
     assert isinstance(SAE(SAEConfig(d_in=8, d_sae=16, architecture="matryoshka", k=2, prefixes=(4, 16))), BatchTopKSAE)
+
+
+@pytest.mark.parametrize("architecture", ["standard", "topk", "batchtopk", "gated"])
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+def test_fold_input_affine_reads_raw_activations(architecture, apply_b_dec):
+    # An SAE trained on (x - mean) / scale, folded, computes on raw x what the original computes on the
+    # normalised x, mapped back: checked in float64.
+    torch.manual_seed(0)
+    k = 6 if architecture in ("topk", "batchtopk") else None
+    sae = SAE(SAEConfig(d_in=16, d_sae=48, architecture=architecture, k=k, apply_b_dec_to_input=apply_b_dec,
+                        dtype="float64"))
+    with torch.no_grad():
+        for parameter in sae.parameters():
+            parameter.normal_(0, 0.3)
+        if architecture == "batchtopk":
+            sae.threshold.fill_(0.2)
+    mean, scale = torch.randn(16, dtype=torch.float64), torch.rand(16, dtype=torch.float64) + 0.5
+    x = torch.randn(40, 16, dtype=torch.float64) * 3 + 1
+    raw = sae.fold_input_affine(mean, scale)
+    assert not raw.cfg.apply_b_dec_to_input and type(raw) is type(sae)
+    with torch.no_grad():
+        normalised = (x - mean) / scale
+        torch.testing.assert_close(raw.encode(x), sae.encode(normalised))
+        torch.testing.assert_close(raw(x), sae(normalised) * scale + mean)
+    scalar = sae.fold_input_affine(0.5, 2.0)
+    with torch.no_grad():
+        torch.testing.assert_close(scalar(x), sae((x - 0.5) / 2.0) * 2.0 + 0.5)
+    with pytest.raises(ConfigError, match="positive scale"):
+        sae.fold_input_affine(0.0, 0.0)

@@ -1,8 +1,10 @@
 """The published vision SAEs users start from, as data: short names, hub locations, metadata and metrics.
 
-Four ViT-Prisma suites on the open_clip model ``laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K`` and the eight
-CLIP-Scope SAEs on ``laion/CLIP-ViT-L-14-laion2B-s32B-b82K``; numbers as their authors published them
-(see docs/pretrained.md for the column definitions). Reach an entry by short name or by query::
+Four ViT-Prisma SAE suites and its TopK transcoders on the open_clip model
+``laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K``, the eight CLIP-Scope SAEs on
+``laion/CLIP-ViT-L-14-laion2B-s32B-b82K`` and saev's first CLIP, DINOv2 and BioCLIP releases; numbers as
+their authors published them (see docs/pretrained.md for the column definitions). Reach an entry by short
+name or by query::
 
     SAE.from_pretrained("prisma/clip-b32/all-patches/resid_post/9")
     pretrained.find(layer=9, hook="resid_post", tokens="all")
@@ -29,7 +31,7 @@ CLIPSCOPE_REPO = "lewington/CLIP-ViT-L-scope"
 
 # Prisma repos hold config.json next to weights.pt or n_images_<count>.pt (see sae/formats/prisma.py).
 _PRISMA_FILES = ("config.json", "*.pt")
-_HOOK_SUFFIXES = {"resid_post": "hook_resid_post", "mlp_out": "hook_mlp_out"}
+_HOOK_SUFFIXES = {"resid_post": "hook_resid_post", "mlp_out": "hook_mlp_out", "ln2_normalized": "ln2.hook_normalized"}
 _TORCH_OR_SAFETENSORS = (".pt", ".pth", ".safetensors")
 
 
@@ -38,7 +40,8 @@ class PretrainedSAE:
     """One published SAE: where it lives on the hub, what it reads, and its published metrics.
 
     ``files`` are the hub file patterns to fetch (relative to ``subfolder``); ``filename`` names the
-    weights file when it is known in advance. ``metrics`` keys are listed in docs/pretrained.md.
+    weights file when it is known in advance. ``metrics`` keys are listed in docs/pretrained.md. A
+    transcoder reads ``hook`` and predicts ``hook_out``; ``notes`` says what a user must know before use.
 
     Example:
         >>> entry = get("prisma/clip-b32/all-patches/resid_post/9"); entry.hook_name
@@ -61,11 +64,18 @@ class PretrainedSAE:
     d_sae: int | None = None
     l1_coefficient: float | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
+    hook_out: str | None = None
+    notes: str | None = None
 
     @property
     def hook_name(self) -> str:
         """The model hook the SAE reads, e.g. ``"blocks.9.hook_resid_post"``."""
         return f"blocks.{self.layer}.{_HOOK_SUFFIXES[self.hook]}"
+
+    @property
+    def hook_name_out(self) -> str | None:
+        """The hook a transcoder predicts, e.g. ``"blocks.9.hook_mlp_out"`` (None for an SAE)."""
+        return None if self.hook_out is None else f"blocks.{self.layer}.{_HOOK_SUFFIXES[self.hook_out]}"
 
     @property
     def hub_path(self) -> str:
@@ -93,9 +103,12 @@ class PretrainedSAE:
         Example:
             >>> config = get("clipscope/clip-l14/resid_post/22").fill_metadata(sae.cfg)
         """
-        return replace(
+        filled = replace(
             config, hook_name=config.hook_name or self.hook_name, model_name=config.model_name or self.model_name
         )
+        if filled.is_transcoder and filled.hook_name_out is None:
+            filled = replace(filled, hook_name_out=self.hook_name_out)
+        return filled
 
 
 def _final_clipscope_checkpoint(entry: PretrainedSAE, revision: str | None) -> str | None:
@@ -196,6 +209,35 @@ _CLIPSCOPE_ROWS = (
     (22, 299.96, 0.684, 0, 0.1588, 0.8641),
 )
 
+# ViT-Prisma's CLIP transcoders (README table, verbatim): layer, then the table's columns % explained variance
+# (of the MLP output), k, avg CLS L0, cos sim, CE, recon CE, zero-ablation CE, % CE recovered. They read
+# ln2.hook_normalized and predict hook_mlp_out of the same block, on all 50 tokens, with 768 x 64 latents.
+_PRISMA_TRANSCODER_ROWS = (
+    (0, 96, 768, 767, 0.9655, 6.7621, 6.7684, 6.8804, 94.68),
+    (1, 94, 256, 255, 0.9406, 6.7621, 6.7767, 6.8816, 87.78),
+    (2, 93, 1024, 475, 0.9758, 6.7621, 6.7681, 6.7993, 83.92),
+    (3, 90, 1024, 825, 0.9805, 6.7621, 6.7642, 6.7999, 94.42),
+    (4, 76, 512, 29, 0.9830, 6.7621, 6.7636, 6.8080, 96.76),
+    (5, 91, 1024, 1017, 0.9784, 6.7621, 6.7643, 6.8296, 96.82),
+    (6, 94, 1024, 924, 0.9756, 6.7621, 6.7630, 6.8201, 98.40),
+    (7, 97, 1024, 1010, 0.9629, 6.7621, 6.7631, 6.8056, 97.68),
+    (8, 98, 1024, 1023, 0.9460, 6.7621, 6.7630, 6.8017, 97.70),
+    (9, 98, 1024, 1023, 0.9221, 6.7621, 6.7630, 6.7875, 96.50),
+    (10, 97, 1024, 1019, 0.9334, 6.7621, 6.7636, 6.7860, 93.95),
+)
+_TRANSCODER_METRICS = ("explained_variance_pct", "avg_cls_l0", "cos_sim", "ce", "recon_ce", "zero_abl_ce", "ce_recovered_pct")
+# saev's first releases (osunlp/SAE_*_24K_*): short-name stem, repo, base model. ReLU SAEs with 32 x 768
+# latents on the output of block 10 (saev's default layer, -2 of 12), patch tokens only.
+_SAEV_ROWS = (
+    ("clip-b16", "osunlp/SAE_CLIP_24K_ViT-B-16_IN1K", "openai/clip-vit-base-patch16"),
+    ("dinov2-b14", "osunlp/SAE_DINOv2_24K_ViT-B-14_IN1K", "facebook/dinov2-base"),
+    ("bioclip-b16", "osunlp/SAE_BioCLIP_24K_ViT-B-16_iNat21", "imageomics/bioclip"),
+)
+SAEV_24K_NOTES = (
+    "trained on (x - dataset mean) / scalar with statistics saev keeps beside its activation shards, not in sae.pt; "
+    "fold them in with sae.fold_input_affine(mean, scalar) to read raw activations"
+)
+
 _PRISMA_METRICS_TAIL = ("cos_sim", "recon_cos_sim", "ce", "recon_ce", "zero_abl_ce", "ce_recovered_pct", "alive_features_pct")
 _CLIPSCOPE_METRICS = ("mse", "explained_variance", "dead_feature_proportion", "active_feature_proportion", "sort_eval_accuracy")
 
@@ -255,6 +297,44 @@ def _build_registry() -> dict[str, PretrainedSAE]:
                 metrics=MappingProxyType(metrics),
             )
         )
+    for layer, explained, k, *numbers in _PRISMA_TRANSCODER_ROWS:
+        metrics = dict(zip(_TRANSCODER_METRICS, map(float, (explained, *numbers)), strict=True))
+        entries.append(
+            PretrainedSAE(
+                name=f"prisma/clip-b32/transcoder-topk/mlp_out/{layer}",
+                suite="prisma-clip-b32-transcoder-topk",
+                repo_id=f"Prisma-Multimodal/CLIP-transcoder-topk-{k}-x64-all_patches_{layer}-mlp-{explained}",
+                layer=layer,
+                hook="ln2_normalized",
+                hook_out="mlp_out",
+                tokens="all",
+                model_name=PRISMA_BASE_MODEL,
+                architecture="topk",
+                d_in=768,
+                files=_PRISMA_FILES,
+                k=k,
+                d_sae=768 * 64,
+                metrics=MappingProxyType(metrics),
+            )
+        )
+    for stem, repo_id, model_name in _SAEV_ROWS:
+        entries.append(
+            PretrainedSAE(
+                name=f"saev/{stem}/resid_post/10",
+                suite="saev-24k",
+                repo_id=repo_id,
+                layer=10,
+                hook="resid_post",
+                tokens="patches",
+                model_name=model_name,
+                architecture="standard",
+                d_in=768,
+                files=("sae.pt",),
+                filename="sae.pt",
+                d_sae=768 * 32,
+                notes=SAEV_24K_NOTES,
+            )
+        )
     return {entry.name: entry for entry in entries}
 
 
@@ -267,7 +347,7 @@ def all_entries() -> list[PretrainedSAE]:
 
     Example:
         >>> len(all_entries())
-        67
+        81
     """
     return list(REGISTRY.values())
 
@@ -315,7 +395,8 @@ def find(
 ) -> list[PretrainedSAE]:
     """The entries matching every given criterion, in registry order.
 
-    ``hook`` accepts ``"resid_post"``, ``"hook_resid_post"`` or a full name like ``"blocks.9.hook_resid_post"``;
+    ``hook`` accepts ``"resid_post"``, ``"hook_resid_post"`` or a full name like ``"blocks.9.hook_resid_post"``
+    (a transcoder matches the hook it predicts as well as the one it reads);
     ``tokens`` is ``"all"``, ``"cls"`` or ``"patches"``; ``model`` matches the base model's hub id.
 
     Example:
@@ -328,12 +409,13 @@ def find(
             if layer is not None and layer != full[0]:
                 return []
             layer, hook = full
-        hook = hook.removeprefix("hook_")
+        short = {suffix: name for name, suffix in _HOOK_SUFFIXES.items()}
+        hook = short.get(hook, hook.removeprefix("hook_"))
     return [
         entry
         for entry in REGISTRY.values()
         if (layer is None or entry.layer == layer)
-        and (hook is None or entry.hook == hook)
+        and (hook is None or hook in (entry.hook, entry.hook_out))
         and (tokens is None or entry.tokens == tokens)
         and (model is None or entry.model_name == model)
         and (architecture is None or entry.architecture == architecture)

@@ -608,6 +608,46 @@ class SAE(HookedRootModule):
         checkpoint = saelens.parse(theirs.cfg.to_dict(), dict(theirs.state_dict()), f"the {type(theirs).__name__}")
         return cls.from_state_dict(checkpoint.config, checkpoint.state_dict, device=theirs.W_enc.device)
 
+    def fold_input_affine(
+        self, shift: float | Float[Tensor, " d_in"], scale: float | Float[Tensor, " d_in"]
+    ) -> SAE:
+        """The same SAE reading raw activations ``x``, for one trained on ``(x - shift) / scale`` (and decoding
+        back to raw units): every normalisation constant folded into the weights.
+
+        saev's first releases were trained on ``(x - dataset mean) / scalar`` with statistics that are not in
+        their files; with the statistics at hand, this gives an SAE that takes the model's activations as they
+        are. ``shift`` and ``scale`` are numbers or ``[d_in]`` vectors (``scale > 0``).
+
+        Example:
+            >>> raw = sae.fold_input_affine(shift=act_mean, scale=act_scalar)
+        """
+        if self.is_transcoder or self.cfg.normalize_activations != "none":
+            found = "a transcoder" if self.is_transcoder else f"normalize_activations={self.cfg.normalize_activations!r}"
+            raise ConfigError(
+                "fold_input_affine applies to SAEs that reconstruct their input and do no normalisation of their own "
+                f"(normalize_activations='none'); this one is {found}."
+            )
+        state = {name: tensor.detach().clone() for name, tensor in self.state_dict().items()}
+        W_enc = state["W_enc"]
+        factory = {"dtype": W_enc.dtype, "device": W_enc.device}
+        shift = torch.as_tensor(shift, **factory).expand(self.d_in)
+        scale = torch.as_tensor(scale, **factory).expand(self.d_in)
+        if not bool(torch.isfinite(shift).all()) or not bool((scale > 0).all()) or not bool(torch.isfinite(scale).all()):
+            raise ConfigError("fold_input_affine needs a finite shift and a finite, positive scale.")
+        # encoder input (x - shift) / scale - b_dec  ==  x / scale - offset
+        offset = shift / scale + (state["b_dec"] if self.cfg.apply_b_dec_to_input else 0)
+        state["W_enc"] = W_enc / scale[:, None]
+        self._fold_encoder_offset(state, offset @ W_enc)
+        state["W_dec"] = state["W_dec"] * scale
+        state["b_dec"] = state["b_dec"] * scale + shift
+        config = replace(self.cfg, apply_b_dec_to_input=False)
+        return type(self).from_state_dict(config, state, device=W_enc.device)
+
+    @classmethod
+    def _fold_encoder_offset(cls, state: dict[str, Tensor], offset: Float[Tensor, " d_sae"]) -> None:
+        """Fold ``- offset`` (``offset = c @ W_enc`` for an input shifted by ``c``) into the encoder's biases."""
+        state["b_enc"] = state["b_enc"] - offset
+
     def extra_repr(self) -> str:
         cfg = self.cfg
         parts = [f"d_in={cfg.d_in}", f"d_sae={cfg.d_sae}", f"architecture={cfg.architecture!r}"]

@@ -87,6 +87,12 @@ class GatedSAE(SAE):
             self.b_gate.zero_()
 
     @classmethod
+    def _fold_encoder_offset(cls, state: dict[str, Tensor], offset: Float[Tensor, " d_sae"]) -> None:
+        """The gate and the (rescaled) magnitude path both read the shifted input."""
+        state["b_gate"] = state["b_gate"] - offset
+        state["b_enc"] = state["b_enc"] - state["r_mag"].exp() * offset
+
+    @classmethod
     def fold_saelens_weights(cls, values: dict[str, Any], tensors: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
         """SAELens's ``b_mag`` is this class's ``b_enc``."""
         return rename_magnitude_bias(tensors, path)

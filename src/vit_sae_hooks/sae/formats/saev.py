@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from typing import Any
 from vit_sae_hooks.errors import CheckpointFormatError, ConfigError
 from vit_sae_hooks.sae.formats._io import LoadedCheckpoint, build_config, checked_checkpoint, integer_entry
 from vit_sae_hooks.sae.safe_pickle import load_torch_checkpoint
+
+logger = logging.getLogger(__name__)
 
 SUFFIX = ".pt"
 _ACTIVATIONS = {"Relu": "standard", "TopK": "topk", "BatchTopK": "batchtopk"}
@@ -81,6 +84,11 @@ def _config_fields(header: dict[str, Any], path: Path) -> dict[str, Any]:
     schema = header.get("schema")
     if schema is None:
         # The first releases: the header is the training config itself, and the SAE is always ReLU.
+        logger.warning(
+            "%s is one of saev's first-format SAEs: they were trained on (x - dataset mean) / scalar, and those "
+            "statistics are not in the file; fold them in with sae.fold_input_affine(mean, scalar) before reading "
+            "raw activations.", path,
+        )
         d_model = integer_entry(header, "d_vit", path)
         d_sae = header.get("d_sae") or d_model * integer_entry(header, "exp_factor", path)
         return {"d_in": d_model, "d_sae": d_sae, "architecture": "standard", "apply_b_dec_to_input": True}
