@@ -127,3 +127,77 @@ def test_a_saelens_sae_splices_into_a_hooked_vit_as_it_is():
     _, cache = model.run_with_cache_with_saes(images, saes=[theirs])
     assert cache[f"{HOOK}.hook_sae_acts_post"].shape == (2, 5, 48)
     assert not model.acts_to_saes
+
+
+FAMILIES = {
+    "batchtopk": dict(architecture="batchtopk", k=4),
+    "matryoshka": dict(architecture="matryoshka", k=4, prefixes=(8, 24, 48)),
+    "gated": dict(architecture="gated"),
+    "transcoder": dict(architecture="standard", d_out=12, apply_b_dec_to_input=False, hook_name_out="blocks.1.hook_mlp_out"),
+    "skip_transcoder": dict(architecture="standard", d_out=12, apply_b_dec_to_input=False, skip_connection=True,
+                            hook_name_out="blocks.1.hook_mlp_out"),
+    "jumprelu_skip_transcoder": dict(architecture="jumprelu", d_out=12, apply_b_dec_to_input=False,
+                                     skip_connection=True, hook_name_out="blocks.1.hook_mlp_out"),
+}
+
+
+def _family(name: str) -> SAE:
+    ours = _random(SAE(SAEConfig(d_in=16, d_sae=48, hook_name=HOOK, **FAMILIES[name])), seed=3)
+    if hasattr(ours, "threshold") and not isinstance(ours.threshold, torch.nn.Parameter):
+        ours.threshold.fill_(0.4)  # BatchTopK's buffer: one learned value for every latent
+    return ours
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_new_families_saved_here_load_in_saelens_with_the_same_outputs(tmp_path, name):
+    ours = _family(name)
+    x = _inputs()
+    ours.save(tmp_path)
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path))
+    _same_features(ours, theirs, x)
+    if ours.is_transcoder:
+        assert theirs.cfg.metadata.hook_name_out == ours.hook_name_out and theirs.cfg.d_out == 12
+    if name in ("batchtopk", "matryoshka"):
+        # What SAELens's own inference save writes: a JumpReLU naming its training architecture.
+        assert type(theirs).__name__ == "JumpReLUSAE"
+        assert theirs.cfg.metadata.training_architecture == {"batchtopk": "batchtopk"}.get(name, "matryoshka_batchtopk")
+    # And back: SAELens's object converts to this library's class with the same outputs.
+    again = SAE.from_saelens(theirs)
+    assert type(again) is type(ours)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), ours(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_new_families_convert_in_memory(name):
+    ours = _family(name)
+    _same_features(ours, ours.to_saelens(), _inputs())
+
+
+def test_saelens_saves_of_the_new_families_load_here(tmp_path):
+    from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+
+    config = BatchTopKTrainingSAEConfig(d_in=16, d_sae=48, k=4)
+    config.metadata.hook_name = HOOK
+    theirs = BatchTopKTrainingSAE(config)
+    with torch.no_grad():
+        theirs.W_dec.mul_(torch.rand(48, 1) + 0.5)
+        theirs.b_enc.normal_()
+        theirs.topk_threshold.fill_(0.3)
+    theirs.save_inference_model(str(tmp_path / "inference"))
+    x = _inputs()
+    ours = SAE.load(tmp_path / "inference")
+    assert type(ours).__name__ == "BatchTopKSAE" and ours.cfg.k == 4
+    inference = sae_lens.SAE.load_from_disk(str(tmp_path / "inference"))
+    _same_features(ours, inference, x)
+    theirs.save_model(str(tmp_path / "training"))
+    training_form = SAE.load(tmp_path / "training")
+    with torch.no_grad():
+        torch.testing.assert_close(training_form.encode_batch(x), theirs.encode(x), atol=1e-5, rtol=1e-5)
+
+
+def test_a_saelens_transcoder_object_is_converted_not_spliced():
+    tc = _family("skip_transcoder").to_saelens()
+    model = HookedViT(HookedViTConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=12, image_size=8, patch_size=4))
+    with pytest.raises(ConfigError, match=r"SAE\.from_saelens"):
+        model.add_sae(tc)
