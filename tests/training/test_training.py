@@ -7,6 +7,7 @@ import torch
 
 from vit_sae_hooks import HookedViT, HookedViTConfig
 from vit_sae_hooks.errors import ConfigError, DataError, HookNameError, InputShapeError
+from vit_sae_hooks.hook_names import stop_layer
 from vit_sae_hooks.training import (
     BlockStream,
     ImageActivations,
@@ -17,7 +18,6 @@ from vit_sae_hooks.training import (
     select_tokens,
     train_sae,
 )
-from vit_sae_hooks.hook_names import stop_layer
 from vit_sae_hooks.training.objective import TrainingObjective
 from vit_sae_hooks.training.trainer import learning_rate_at, sparsity_coefficient_at
 
