@@ -97,12 +97,15 @@ class Browser:
         """Navigate to ``url`` and wait until the JavaScript expression ``ready`` is true."""
         self.send("Page.navigate", url=url)
         # Until the new document exists, the expression may run on the old one or on no body at all.
-        check = (f"(() => {{ try {{ return location.href === {json.dumps(url)} && Boolean({ready}); }} "
-                 "catch { return false; } })()")
+        self.wait(f"location.href === {json.dumps(url)} && ({ready})", timeout)
+
+    def wait(self, condition: str, timeout: float = 30) -> None:
+        """Wait until the JavaScript expression ``condition`` is true (an expression that throws counts as false)."""
+        check = f"(() => {{ try {{ return Boolean({condition}); }} catch {{ return false; }} }})()"
         deadline = time.monotonic() + timeout
         while not self.evaluate(check):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} was not ready ({ready}) after {timeout} s; errors: {self.errors()}")
+                raise TimeoutError(f"{condition} was still false after {timeout} s; errors: {self.errors()}")
             time.sleep(0.05)
 
     def screenshot(self, path: Path) -> Path:

@@ -4,7 +4,6 @@ for every token set, registers and no-CLS models; bad inputs; atomic rebuilds; `
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from vit_sae_hooks.cli import main
 from vit_sae_hooks.errors import ConfigError, DataError, HookNameError
 from vit_sae_hooks.viz import build_site, top_activating
 from vit_sae_hooks.viz.site import files
+
+from helpers.site import read_data
 
 BASE = dict(n_layers=2, d_model=32, n_heads=4, d_mlp=64, image_size=16, patch_size=4)
 MODELS = {
@@ -56,14 +57,6 @@ def _sae(token_set: str = "all", hook: str = "blocks.0.hook_resid_post", archite
 def _dataset(n: int = N_IMAGES) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(2)
     return torch.randn(n, 3, 16, 16, generator=generator), torch.randint(0, len(CLASSES), (n,), generator=generator)
-
-
-def read_data(site: Path, key: str):
-    """What ``data/<key>.js`` hands to the page."""
-    text = (site / "data" / f"{key}.js").read_text()
-    prefix = f"vsh.loaded({json.dumps(key)}, "
-    assert text.startswith(prefix) and text.endswith(");\n")
-    return json.loads(text[len(prefix) : -3])
 
 
 def read_site(site: Path) -> dict:
