@@ -298,65 +298,77 @@ def _write_features(
     head: nn.Module | None, n_similar: int,
 ) -> int:
     """Write the feature shards and the index's summary; return how many shown features never fired."""
-    n_shown = shown.numel()
-    n_tokens = stats.n_images * stats.rows.kinds.numel()
-    image_frequency = (stats.image_fires.double() / stats.n_images).tolist()
-    token_frequency = (stats.token_fires.double() / n_tokens).tolist()
-    max_activation = stats.max_activation.tolist()
     ids = shown.tolist()
-    text_scores = stats.label_scores()
-    label_texts = list(head.class_names) if head is not None else []
-    if n_similar and n_shown > 1:
-        neighbour_positions, neighbour_cosines = similar_features(sae.W_dec[shown], n_similar)
-        neighbours = [[[ids[p], _rounded(c)] for p, c in zip(ps, cs, strict=True)]
-                      for ps, cs in zip(neighbour_positions.tolist(), neighbour_cosines.tolist(), strict=True)]
-    else:
-        neighbours = [[] for _ in range(n_shown)]
+    image_frequency = (stats.image_fires.double() / stats.n_images).tolist()
+    token_frequency = (stats.token_fires.double() / (stats.n_images * stats.rows.kinds.numel())).tolist()
+    max_activation = stats.max_activation.tolist()
+    labels, text_labels = _feature_labels(stats, head, class_names, writer.labels)
+    neighbours = _neighbours(sae.W_dec[shown], ids, n_similar)
     top_images, top_scores = stats.top_images.tolist(), stats.top_scores.tolist()
     codes = np.frombuffer(files.MAP_ALPHABET.encode(), dtype=np.uint8)[stats.top_maps().numpy()]
     kinds_read = sorted(set(stats.rows.kinds.tolist()))
     kind_fires, kind_sums = stats.kind_fires.tolist(), stats.kind_sums.tolist()
     histogram = stats.histogram.numpy()
-    labels_of = writer.labels
-    summary_labels, label_names = [], {}
-    for start in range(0, n_shown, files.FEATURES_PER_SHARD):
+    for start in range(0, len(ids), files.FEATURES_PER_SHARD):
         records, referenced = [], {}
-        for position in range(start, min(start + files.FEATURES_PER_SHARD, n_shown)):
+        for position in range(start, min(start + files.FEATURES_PER_SHARD, len(ids))):
             kept = [slot for slot, image in enumerate(top_images[position]) if image >= 0]
             images = [top_images[position][slot] for slot in kept]
-            label, text_labels = "", []
-            if text_scores is not None and stats.image_fires[position] > 0:
-                best = text_scores[position].topk(min(TEXT_LABELS_SHOWN, len(label_texts)))
-                text_labels = [[label_texts[i], _rounded(score)]
-                               for i, score in zip(best.indices.tolist(), best.values.tolist(), strict=True)]
-                label = text_labels[0][0]
-            elif class_names and images:
-                counts = Counter(labels_of[image] for image in images if labels_of[image] >= 0)
-                if counts:
-                    label = class_names[counts.most_common(1)[0][0]]
-            summary_labels.append(label_names.setdefault(label, len(label_names)))
             bins = histogram[position].nonzero()[0]
             records.append({
-                "id": ids[position], "label": label,
-                "image_frequency": _rounded(image_frequency[position]), "token_frequency": _rounded(token_frequency[position]),
-                "max": _rounded(max_activation[position]),
+                "id": ids[position], "label": labels[position], "image_frequency": _rounded(image_frequency[position]),
+                "token_frequency": _rounded(token_frequency[position]), "max": _rounded(max_activation[position]),
                 "images": images, "scores": [_rounded(top_scores[position][slot]) for slot in kept],
                 "maps": [codes[position, slot].tobytes().decode() for slot in kept] if codes.shape[2] else [],
+                # Only the bins from the first to the last non-empty one, after the index of the first.
                 "histogram": [int(bins[0]), histogram[position, bins[0] : bins[-1] + 1].tolist()] if bins.size else None,
                 "kinds": {KINDS[kind]: [kind_fires[position][kind], _rounded(kind_sums[position][kind])] for kind in kinds_read},
-                "text_labels": text_labels, "similar": neighbours[position],
+                "text_labels": text_labels[position], "similar": neighbours[position],
             })
-            for image in images:
-                referenced[image] = [writer.name_of(image), labels_of[image]]
+            referenced.update({image: [writer.name_of(image), writer.labels[image]] for image in images})
         files.write_data(folder, files.shard_key("features", start // files.FEATURES_PER_SHARD),
                          {"first": start, "features": records, "images": referenced})
+    label_names = list(dict.fromkeys(labels))
+    label_index = {name: index for index, name in enumerate(label_names)}
     files.write_data(folder, "summary", {
         "image_frequency": [_rounded(value) for value in image_frequency],
         "token_frequency": [_rounded(value) for value in token_frequency],
         "max": [_rounded(value) for value in max_activation],
-        "label": summary_labels, "label_names": list(label_names),
+        "label": [label_index[label] for label in labels], "label_names": label_names,
     })
     return int((stats.image_fires == 0).sum())
+
+
+def _feature_labels(
+    stats: FeatureStats, head: nn.Module | None, class_names: list[str] | None, image_labels: list[int]
+) -> tuple[list[str], list[list[list[Any]]]]:
+    """Each feature's label and its best text labels with their scores: with a label head, its best-scoring
+    labels; otherwise the most common class among its top images (or "")."""
+    n_features = stats.n_features
+    scores = stats.label_scores()
+    if scores is not None:
+        names = list(head.class_names)
+        best = scores.nan_to_num(-float("inf")).topk(min(TEXT_LABELS_SHOWN, len(names)), dim=1)
+        text_labels = [
+            [[names[i], _rounded(score)] for i, score in zip(indices, values, strict=True)] if fired else []
+            for indices, values, fired in zip(best.indices.tolist(), best.values.tolist(), (stats.image_fires > 0).tolist(),
+                                              strict=True)
+        ]
+        return [pairs[0][0] if pairs else "" for pairs in text_labels], text_labels
+    labels = []
+    for images in stats.top_images.tolist():
+        counts = Counter(image_labels[image] for image in images if image >= 0 and image_labels[image] >= 0)
+        labels.append(class_names[counts.most_common(1)[0][0]] if class_names and counts else "")
+    return labels, [[] for _ in range(n_features)]
+
+
+def _neighbours(decoder: Tensor, ids: list[int], n_similar: int) -> list[list[list[Any]]]:
+    """For each feature, ``[id, cosine]`` of the ``n_similar`` shown features with the most similar decoder direction."""
+    if n_similar == 0 or len(ids) < 2:
+        return [[] for _ in ids]
+    positions, cosines = similar_features(decoder, n_similar)
+    return [[[ids[p], _rounded(c)] for p, c in zip(ps, cs, strict=True)]
+            for ps, cs in zip(positions.tolist(), cosines.tolist(), strict=True)]
 
 
 def _write_meta(
@@ -365,10 +377,11 @@ def _write_meta(
 ) -> None:
     patch_height, patch_width = model.cfg.patch_size
     thumb_height, thumb_width = writer.thumb_size
-    everything = shown.numel() == stats.n_features and bool((shown == torch.arange(shown.numel())).all())
+    ids_are_positions = bool((shown == torch.arange(shown.numel())).all())
     files.write_data(folder, "meta", {
         **description,
-        "features": None if everything else shown.tolist(),
+        # The shown feature ids, or None when they are 0..n-1 (every feature, or the first n).
+        "features": None if ids_are_positions else shown.tolist(),
         "top": top,
         "features_per_shard": files.FEATURES_PER_SHARD, "images_per_shard": files.IMAGES_PER_SHARD,
         "rows": {"positions": rows.positions.tolist(), "kinds": [KINDS[kind] for kind in rows.kinds.tolist()],
