@@ -17,6 +17,7 @@ from vit_sae_hooks.errors import ConfigError, DataError, HookNameError
 from vit_sae_hooks.viz import build_site, top_activating
 from vit_sae_hooks.viz.site import files
 
+from helpers import SAE_READING_CASES
 from helpers.site import read_data
 
 BASE = dict(n_layers=2, d_model=32, n_heads=4, d_mlp=64, image_size=16, patch_size=4)
@@ -27,15 +28,7 @@ MODELS = {
 }
 N_IMAGES, D_SAE, TOP, PER_TOKEN, SIMILAR = 23, 48, 5, 4, 3
 CLASSES = ["ant", "bee", "cat", "dog", "eel"]
-CASES = [
-    ("cls", "all", "blocks.0.hook_resid_post", "topk"),
-    ("cls", "cls", "blocks.1.hook_resid_post", "topk"),
-    ("cls", "patches", "blocks.0.hook_resid_post", "standard"),
-    ("registers", "all", "blocks.1.hook_resid_post", "topk"),
-    ("registers", "patches", "blocks.0.attn.hook_z", "jumprelu"),
-    ("siglip", "all", "blocks.0.hook_resid_post", "topk"),
-    ("cls", "all", "hook_pooled", "standard"),
-]
+CASES = SAE_READING_CASES
 
 
 def _model(kind: str = "cls") -> HookedViT:

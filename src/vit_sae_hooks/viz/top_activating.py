@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -126,6 +126,31 @@ class _RunningTopK:
             self.maps = pool[torch.where(from_kept, kept_slot, n_features * kept + feature_row * batch + new_image)]
 
 
+def streamed_batches(
+    batches: Iterable, limit: int | None, total: int | None, description: str, progress: bool
+) -> Iterator[tuple[Float[Tensor, "batch channels height width"], Int[Tensor, " batch"] | None]]:
+    """The ``(images, labels or None)`` batches of :func:`~vit_sae_hooks.data.batches.image_batches`, cut at
+    ``limit``, with a progress bar on stderr; images of another size than the first raise.
+
+    Example:
+        >>> batches, total, _ = image_batches(model, "imagenet/val", None, 64, 5000, None)
+        >>> for images, labels in streamed_batches(batches, 5000, total, "top images", progress=True): ...
+    """
+    from tqdm.auto import tqdm
+
+    first_shape = None
+    with tqdm(total=total, unit="img", desc=description, file=sys.stderr, disable=not progress) as bar:
+        for images, labels in limited_batches(batches, limit):
+            first_shape = first_shape or tuple(images.shape[1:])
+            if tuple(images.shape[1:]) != first_shape:
+                raise InputShapeError(
+                    f"images of shape {tuple(images.shape[1:])} follow images of shape {first_shape}; every image "
+                    "must have the same size (preprocess them all with the same transform)"
+                )
+            yield images, labels
+            bar.update(images.shape[0])
+
+
 def model_device(model: HookedViT, sae: SAE) -> tuple[torch.device, torch.dtype]:
     """The device and dtype images must have for ``model``, once ``sae`` is checked to sit on the same device.
 
@@ -180,41 +205,26 @@ def top_activating(
         raise ConfigError(f"reduce={reduce!r} is not 'max' or 'mean'")
     device, dtype = model_device(model, sae)
     batches, total, dataset = image_batches(model, data, labels, batch_size, limit, num_workers)
-
-    from tqdm.auto import tqdm
-
     running = _RunningTopK(len(ids), k)
     seen = 0
-    first_shape = None
-    bar = tqdm(total=total, unit="img", desc=f"top images {sae.hook_name}", file=sys.stderr, disable=not progress)
-    try:
-        for images, batch_labels in limited_batches(batches, limit):
-            first_shape = first_shape or tuple(images.shape[1:])
-            if tuple(images.shape[1:]) != first_shape:
-                raise InputShapeError(
-                    f"images of shape {tuple(images.shape[1:])} follow images of shape {first_shape}; every image "
-                    "must have the same size (preprocess them all with the same transform)"
-                )
-            if running.scores is not None and (batch_labels is None) != (running.labels is None):
-                raise DataError(
-                    f"the batch starting at image {seen} {'has no' if batch_labels is None else 'has'} labels "
-                    "unlike the batches before it; yield labels with every batch or with none"
-                )
-            batch = images.shape[0]
-            acts, positions = token_activations(model, sae, images.to(device=device, dtype=dtype), ids)
-            scores = acts.amax(dim=1) if reduce == "max" else acts.mean(dim=1)
-            maps = patch_maps(acts, positions, model.cfg.n_prefix_tokens, patch_grid_size(model, images))
-            running.update(
-                scores.cpu(),
-                torch.arange(seen, seen + batch),
-                images.detach().cpu() if keep_images else None,
-                None if maps is None else maps.cpu(),
-                None if batch_labels is None else torch.as_tensor(batch_labels).long().cpu(),
+    for images, batch_labels in streamed_batches(batches, limit, total, f"top images {sae.hook_name}", progress):
+        if running.scores is not None and (batch_labels is None) != (running.labels is None):
+            raise DataError(
+                f"the batch starting at image {seen} {'has no' if batch_labels is None else 'has'} labels "
+                "unlike the batches before it; yield labels with every batch or with none"
             )
-            seen += batch
-            bar.update(batch)
-    finally:
-        bar.close()
+        batch = images.shape[0]
+        acts, positions = token_activations(model, sae, images.to(device=device, dtype=dtype), ids)
+        scores = acts.amax(dim=1) if reduce == "max" else acts.mean(dim=1)
+        maps = patch_maps(acts, positions, model.cfg.n_prefix_tokens, patch_grid_size(model, images))
+        running.update(
+            scores.cpu(),
+            torch.arange(seen, seen + batch),
+            images.detach().cpu() if keep_images else None,
+            None if maps is None else maps.cpu(),
+            None if batch_labels is None else torch.as_tensor(batch_labels).long().cpu(),
+        )
+        seen += batch
     if seen == 0:
         raise DataError("the data yielded no images; check the folder, dataset, loader or limit")
     classes = getattr(dataset, "classes", None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from jaxtyping import Int
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
-from vit_sae_hooks.data.batches import image_batches, limited_batches
+from vit_sae_hooks.data.batches import image_batches
 from vit_sae_hooks.data.folder import UNLABELLED
 from vit_sae_hooks.data.preprocess import preprocess_for
 from vit_sae_hooks.errors import ConfigError, DataError, HookNameError, InputShapeError
@@ -36,7 +35,7 @@ from vit_sae_hooks.viz.site.stats import (
     sparse_activations,
     strongest_per_row,
 )
-from vit_sae_hooks.viz.top_activating import model_device
+from vit_sae_hooks.viz.top_activating import model_device, streamed_batches
 
 if TYPE_CHECKING:
     from vit_sae_hooks.model import HookedViT
@@ -225,29 +224,14 @@ def _stream(
     model: HookedViT, sae: SAE, rows: TokenRows, batches: Iterable, limit: int | None, total: int | None,
     tracked: Tensor, stats: FeatureStats, writer: _ImageWriter, head: nn.Module | None, progress: bool,
 ) -> None:
-    from tqdm.auto import tqdm
-
     device, dtype = model_device(model, sae)
-    bar = tqdm(total=total, unit="img", desc=f"feature browser {sae.hook_name}", file=sys.stderr, disable=not progress)
-    first_shape = None
-    try:
-        for images, batch_labels in limited_batches(batches, limit):
-            first_shape = first_shape or tuple(images.shape[1:])
-            if tuple(images.shape[1:]) != first_shape:
-                raise InputShapeError(
-                    f"images of shape {tuple(images.shape[1:])} follow images of shape {first_shape}; every image "
-                    "must have the same size (preprocess them all with the same transform)"
-                )
-            model.check_images(images)
-            x, output = hook_rows(model, sae, rows, images.to(device, dtype), head is not None)
-            acts = sparse_activations(sae, x, tracked)
-            logits = None if head is None else head(output)
-            first = stats.n_images
-            stats.update(acts, first, logits)
-            writer.add(images, batch_labels, acts, first)
-            bar.update(images.shape[0])
-    finally:
-        bar.close()
+    for images, batch_labels in streamed_batches(batches, limit, total, f"feature browser {sae.hook_name}", progress):
+        model.check_images(images)
+        x, output = hook_rows(model, sae, rows, images.to(device, dtype), head is not None)
+        acts = sparse_activations(sae, x, tracked)
+        first = stats.n_images
+        stats.update(acts, first, None if head is None else head(output))
+        writer.add(images, batch_labels, acts, first)
     if stats.n_images == 0:
         raise DataError("the data yielded no images; check the folder, dataset, loader or limit")
 
