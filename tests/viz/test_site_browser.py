@@ -84,6 +84,9 @@ def test_feature_view_shows_the_top_images_in_order(shapes_site, browser, tmp_pa
         assert sorted(classes) == sorted({name.split("/")[0] for name in expected})
         assert len(_dom(browser, ".similar a")) == 8
     browser.screenshot(tmp_path / "feature.png")
+    _open(browser, site.folder, "#feature=5000")
+    assert browser.evaluate("document.querySelector('.error').textContent") == (
+        "feature 5000 is not in this site (it shows 512 features)")
     _check_clean(browser, site.folder, first_request)
 
 
