@@ -239,7 +239,7 @@ def test_image_folder_names_classes_and_limit(tmp_path):
     assert data["meta"]["classes"] == ["cat", "dog"] and site.n_images == 6
 
 
-def test_text_labels_rank_as_the_zero_shot_head_does(tmp_path):
+def test_text_labels_rank_as_the_zero_shot_head_does(tmp_path, capsys):
     """The best labels of a feature are those whose zero-shot logit (through the head) is highest on average over
     the images it fires on, weighted by its activation, relative to the mean over all images."""
     from vit_sae_hooks.evals import build_zero_shot_head
@@ -272,6 +272,23 @@ def test_text_labels_rank_as_the_zero_shot_head_does(tmp_path):
         assert record["label"] == texts[best.indices[0]]
     with pytest.raises(ConfigError, match="reads 16-wide embeddings but the model outputs 32"):
         build_site(_model(), _sae(), images[:, :, :16, :16], tmp_path / "other", text_labels=head, progress=False)
+
+    # The same through `vit-sae browse --labels` (the "name" templates are the bare label).
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    for index, image in enumerate((images[:4].clamp(-2, 2) + 2) / 4):
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(tmp_path / "images" / f"{index}.png")
+    (tmp_path / "labels.txt").write_text("\n".join(texts) + "\n\n")
+    argv = ["browse", "--model", str(clip), "--sae", str(sae.save(tmp_path / "sae")), "--images", str(tmp_path / "images"),
+            "--out", str(tmp_path / "cli_site"), "--labels", str(tmp_path / "labels.txt"), "--templates", "name",
+            "--similar", "0", "--num-workers", "0", "--quiet"]
+    assert main(argv) == 0
+    assert read_data(tmp_path / "cli_site", "meta")["text_labels"] == texts
+    assert any(record["text_labels"] for record in read_site(tmp_path / "cli_site")["features"].values())
+    missing = [*argv[:7], "--out", str(tmp_path / "cli_site2"), "--labels", str(tmp_path / "missing.txt"), "--quiet"]
+    assert main(missing) == 2
+    assert "--labels" in capsys.readouterr().err and not (tmp_path / "cli_site2").exists()
 
 
 def test_bad_inputs_raise_clear_errors_before_writing(tmp_path):
