@@ -11,6 +11,7 @@ from vit_sae_hooks.cli_support import run_reporting_errors
 from vit_sae_hooks.demo.cli import register as register_demo
 from vit_sae_hooks.evals.cli import register as register_eval
 from vit_sae_hooks.training.cli import register as register_train
+from vit_sae_hooks.viz.site.cli import register as register_browse
 
 
 def _tiny_random_model():
@@ -60,7 +61,7 @@ def register_inspect(commands: argparse._SubParsersAction) -> None:
 
 
 # Each feature registers its own subcommand: a function taking the subparsers and setting ``run``.
-SUBCOMMANDS = [register_demo, register_inspect, register_eval, register_train]
+SUBCOMMANDS = [register_demo, register_inspect, register_eval, register_train, register_browse]
 
 
 def main(argv: list[str] | None = None) -> int:

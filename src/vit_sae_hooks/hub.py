@@ -26,6 +26,20 @@ def builtin_names() -> list[str]:
     return sorted(BUILTIN_PREFIX + str(folder.relative_to(ASSETS)) for folder in folders)
 
 
+def builtin_folder(name: str | os.PathLike) -> Path | None:
+    """The folder of a checkpoint shipped in the package (``vit-sae-hooks/...``), or None for other names.
+
+    Example:
+        >>> builtin_folder("vit-sae-hooks/shapes-vit").name
+        'shapes-vit'
+    """
+    text = str(name)
+    if not text.startswith(BUILTIN_PREFIX):
+        return None
+    folder = ASSETS / text[len(BUILTIN_PREFIX) :].strip("/")
+    return folder if folder.is_dir() else None
+
+
 def split_hub_id(name: str) -> tuple[str, str | None]:
     """Split ``owner/repo/sub/folder`` into the repo id ``owner/repo`` and the subfolder (or None)."""
     parts = [p for p in name.strip("/").split("/") if p]
@@ -59,8 +73,8 @@ def resolve_local_or_hub(
     if path.exists():
         return path
     if str(name_or_path).startswith(BUILTIN_PREFIX):
-        builtin = ASSETS / str(name_or_path)[len(BUILTIN_PREFIX) :].strip("/")
-        if not builtin.is_dir():
+        builtin = builtin_folder(name_or_path)
+        if builtin is None:
             raise ResolutionError(f"{str(name_or_path)!r} is not a built-in checkpoint; built-in: {builtin_names()}")
         return builtin
     repo_id, subfolder = split_hub_id(str(name_or_path))

@@ -168,3 +168,16 @@ def test_shipped_imagenet_names_and_templates():
     assert len(imagenet_templates("simple")) == 7
     with pytest.raises(ConfigError, match="template set 'fancy'"):
         imagenet_templates("fancy")
+
+
+@pytest.mark.parametrize(
+    "preprocess",
+    [Preprocess(32, (0.5,) * 3, (0.25,) * 3, interpolation="box", resize_mode="squash"),
+     Preprocess((24, 20), CLIP_MEAN, CLIP_STD, resize_size=30, interpolation="bilinear")],
+)
+def test_saved_preprocessing_reads_back(tmp_path, preprocess):
+    preprocess.save(tmp_path)
+    found = preprocess_from_folder(tmp_path)
+    assert found == preprocess
+    image = random_image(45, 37, seed=4)
+    torch.testing.assert_close(found(image), preprocess(image), atol=0, rtol=0)

@@ -46,13 +46,15 @@ def test_demo_story(report):
     assert shares[0] < 0.2 and shares[-1] > shares[0] + 0.3, report.steering
     assert len(report.sweep) == 16 and report.sweep[0][1] < 0
     assert len(report.figures) == 6 and all(path.stat().st_size > 1000 for path in report.figures)
+    assert report.site.name == "index.html" and (report.site.parent / "data" / "summary.js").exists()
+    assert report.site.parent.name == "browser" and report.lines[-1].endswith(report.site.resolve().as_uri())
 
 
 def test_demo_command(capsys, tmp_path):
     assert main(["demo", "--out", str(tmp_path), "--images", "500"]) == 0
     out = capsys.readouterr().out
     for expected in ("accuracy", "% Explained var.", "Most selective features", "Ablating", "Steering", "Ablation sweep",
-                     "Figures written"):
+                     "Figures written", f"open {(tmp_path / 'browser' / 'index.html').resolve().as_uri()}"):
         assert expected in out
     assert len(list(tmp_path.glob("*.png"))) == 6
 

@@ -16,6 +16,8 @@ from vit_sae_hooks.data import ImageFolder, preprocess_for
 from vit_sae_hooks.errors import CheckpointFormatError, ConfigError
 from vit_sae_hooks.evals import ZeroShotHead, build_zero_shot_head, evaluate
 
+from helpers.clip import save_tiny_clip
+
 Image = pytest.importorskip("PIL.Image")
 transformers = pytest.importorskip("transformers")
 
@@ -23,40 +25,10 @@ CLASSES = ["cat", "dog", "eel"]
 HOOK = "blocks.1.hook_resid_post"
 
 
-def byte_level_vocab() -> dict[str, int]:
-    """CLIP's byte-to-unicode alphabet (each byte, alone and word-final) plus the two special tokens: no merges needed."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    remaining = [b for b in range(256) if b not in printable]
-    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(remaining))]
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    return {token: index for index, token in enumerate(tokens)}
-
-
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """A random CLIPModel with tokenizer and image processor saved as a hub checkpoint would be."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    vocab = byte_level_vocab()
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    end = vocab["<|endoftext|>"]
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=40, eos_token_id=end,
-                         bos_token_id=vocab["<|startoftext|>"], pad_token_id=end),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,18 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
 DOCS = ROOT / "docs"
 
+# (model kind, token set, hook, architecture): every way an SAE's rows map to a model's tokens, for the tests
+# of what is read at an SAE's hook (CLS, registers, no CLS, a head-split hook, a hook without tokens).
+SAE_READING_CASES = [
+    ("cls", "all", "blocks.0.hook_resid_post", "topk"),
+    ("cls", "cls", "blocks.1.hook_resid_post", "topk"),
+    ("cls", "patches", "blocks.0.hook_resid_post", "standard"),
+    ("registers", "all", "blocks.1.hook_resid_post", "topk"),
+    ("registers", "patches", "blocks.0.attn.hook_z", "jumprelu"),
+    ("siglip", "all", "blocks.0.hook_resid_post", "topk"),
+    ("cls", "all", "hook_pooled", "standard"),
+]
+
 
 def randomise_defaults(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Replace every parameter value a fresh model shares with many others: norm weights (1) and biases (0),

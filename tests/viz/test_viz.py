@@ -24,7 +24,7 @@ from vit_sae_hooks.viz import (
     top_activating,
 )
 
-from helpers import DOCS
+from helpers import DOCS, SAE_READING_CASES
 
 BASE = dict(n_layers=2, d_model=32, n_heads=4, d_mlp=64, image_size=16, patch_size=4)
 MODELS = {
@@ -78,15 +78,7 @@ def _reference_maps(acts, positions, n_prefix):
     return patches.transpose(1, 2).unflatten(-1, GRID)
 
 
-CASES = [
-    ("cls", "all", "blocks.0.hook_resid_post", "topk"),
-    ("cls", "cls", "blocks.1.hook_resid_post", "topk"),
-    ("cls", "patches", "blocks.0.hook_resid_post", "standard"),
-    ("registers", "all", "blocks.1.hook_resid_post", "topk"),
-    ("registers", "patches", "blocks.0.attn.hook_z", "jumprelu"),
-    ("siglip", "all", "blocks.0.hook_resid_post", "topk"),
-    ("cls", "all", "hook_pooled", "standard"),
-]
+CASES = SAE_READING_CASES
 
 
 @pytest.mark.parametrize(
@@ -239,7 +231,7 @@ DOC = DOCS / "visualisation.md"
 
 def test_the_documented_examples_run(tmp_path, monkeypatch):
     blocks = [b for b in re.findall(r"```python\n(.*?)```", DOC.read_text(), re.DOTALL) if not b.startswith("# setup")]
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     monkeypatch.chdir(tmp_path)
     model, sae = _model(), _sae()
     images, labels = _dataset()
@@ -248,4 +240,5 @@ def test_the_documented_examples_run(tmp_path, monkeypatch):
     for block in blocks:
         exec(compile(block, str(DOC), "exec"), namespace)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["feature_17_card.png", "feature_17_heatmap.png",
-                                                         "feature_17_top.png"]
+                                                         "feature_17_top.png", "feature_site"]
+    assert (tmp_path / "feature_site" / "index.html").is_file() and namespace["site"].n_features == 3

@@ -8,6 +8,7 @@ theirs exactly; the crop offset rounds as torchvision does.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ ResizeMode = Literal["shortest", "squash"]
 
 # transformers stores PIL's resampling enum as an int in preprocessor_config.json.
 _PIL_RESAMPLE_CODES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+_PIL_RESAMPLE_NAMES = {name: code for code, name in _PIL_RESAMPLE_CODES.items()}
 
 
 def _pil():
@@ -98,6 +100,32 @@ class Preprocess:
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return (pixels - mean) / std
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write this preprocessing as the ``preprocessor_config.json`` of a checkpoint folder, in the
+        transformers image-processor format that :func:`preprocess_from_folder` (and so :func:`preprocess_for`)
+        reads back.
+
+        Example:
+            >>> Preprocess(32, (0.5,) * 3, (0.25,) * 3, resize_mode="squash").save("my_model")
+        """
+        height, width = self.image_size
+        config: dict[str, Any] = {
+            "do_convert_rgb": True, "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255,
+            "do_normalize": True, "image_mean": list(self.mean), "image_std": list(self.std),
+            "resample": _PIL_RESAMPLE_NAMES[self.interpolation],
+        }
+        if self.resize_mode == "squash":
+            config.update(image_processor_type="ViTImageProcessor", size={"height": height, "width": width},
+                          do_center_crop=False)
+        else:
+            config.update(image_processor_type="CLIPImageProcessor", do_center_crop=True,
+                          size={"shortest_edge": self.resize_size or min(self.image_size)},
+                          crop_size={"height": height, "width": width})
+        path = Path(folder) / "preprocessor_config.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=2) + "\n")
+        return path
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """The (width, height) after the shortest-side resize, truncated as torchvision and transformers do."""
@@ -253,9 +281,14 @@ def preprocess_for(model_or_source: HookedViT | str | os.PathLike) -> Preprocess
         raise ConfigError(
             f"preprocess_for needs a HookedViT, a checkpoint folder or a hub id, got {type(model_or_source).__name__}"
         )
+    from vit_sae_hooks.hub import builtin_folder
+
     image_size = tuple(cfg.image_size)
     source = Path(str(cfg.model_name)).expanduser()
-    folder = source if source.is_dir() else _cached_config_folder(str(cfg.model_name))
+    if source.is_dir():
+        folder = source
+    else:
+        folder = builtin_folder(cfg.model_name) or _cached_config_folder(str(cfg.model_name))
     if folder is not None:
         found = preprocess_from_folder(folder, image_size)
         if found.image_size == image_size:

@@ -10,13 +10,16 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from vit_sae_hooks.data.preprocess import Preprocess, _pil
 from vit_sae_hooks.errors import ConfigError
 
 CLASSES = ("circle", "square", "triangle", "cross", "ring")
@@ -32,6 +35,9 @@ COLOURS = {
 # Images are normalised with these per-channel statistics before the model sees them.
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
+# Shape edges are anti-aliased by pixel coverage, which is what a box filter computes when a larger image is
+# shrunk; the generated images fill the frame, so a resize to the square size crops nothing away.
+INTERPOLATION, RESIZE_MODE = "box", "squash"
 
 
 @dataclass
@@ -113,3 +119,34 @@ def batches(batch_size: int, n_batches: int, seed: int, image_size: int = 32) ->
 def unnormalize(images: Float[Tensor, "batch 3 height width"]) -> Float[Tensor, "batch 3 height width"]:
     """Pixels in [0, 1] from normalised shape images, for display."""
     return images * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]
+
+
+def preprocess(image_size: int = 32) -> Preprocess:
+    """The preprocessing that turns a shape image file into what :func:`make_batch` gives: the shipped shapes
+    ViT's folder carries it (``preprocessor_config.json``), so ``preprocess_for(model)`` returns it.
+
+    Example:
+        >>> preprocess()(PIL.Image.open("shapes/circle/00000.png")).shape
+        torch.Size([3, 32, 32])
+    """
+    return Preprocess(image_size, MEAN, STD, interpolation=INTERPOLATION, resize_mode=RESIZE_MODE)
+
+
+def save_images(batch: ShapesBatch, root: str | os.PathLike) -> list[Path]:
+    """Write a batch as an image folder, ``root/<class>/<index>.png`` (8-bit PNG), and return the paths in batch order.
+
+    Reading the folder back with :func:`preprocess` gives the batch's images up to 8-bit rounding.
+
+    Example:
+        >>> paths = save_images(make_batch(100, seed=0), "shapes")  # shapes/circle/00003.png, ...
+    """
+    Image = _pil()
+    root = Path(root)
+    pixels = (unnormalize(batch.images).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    paths = []
+    for index, (image, label) in enumerate(zip(pixels, batch.labels.tolist(), strict=True)):
+        path = root / CLASSES[label] / f"{index:05d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths

@@ -89,7 +89,8 @@ def held_out_quality(model: HookedViT, sae: SAE, n_images: int = 1000) -> dict[s
 
 
 def build(folder: str | os.PathLike = ASSETS / "shapes-vit", classifier_steps: int = 2000, progress: bool = True) -> BuildReport:
-    """Train the shapes ViT and its SAE from scratch, check the quality bars, and save both under ``folder``."""
+    """Train the shapes ViT and its SAE from scratch, check the quality bars, and save both under ``folder``
+    (the model with its preprocessing, so that image folders are read as the model was trained)."""
     folder = Path(folder)
     model = train_classifier(steps=classifier_steps, progress=progress)
     sae = train_demo_sae(model, progress=progress)
@@ -103,5 +104,6 @@ def build(folder: str | os.PathLike = ASSETS / "shapes-vit", classifier_steps: i
     if failures:
         raise ConfigError(f"the rebuilt demo checkpoints miss the quality bars: {', '.join(failures)}")
     model.save_pretrained(folder)
+    shapes.preprocess(model.cfg.image_size[0]).save(folder)
     sae.save(folder / "resid_post" / "2")
     return BuildReport(folder=folder, **quality)

@@ -7,7 +7,7 @@ import time
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo, print each step, and write the figures."""
+    """Run the demo, print each step, and write the figures and the feature browser."""
     from vit_sae_hooks.demo.run import run_demo
 
     start = time.perf_counter()
@@ -20,7 +20,8 @@ def run(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``vit-sae demo``."""
     demo = commands.add_parser("demo", help="offline demo on the shipped shapes ViT and SAE")
-    demo.add_argument("--out", default="vit-sae-demo", help="folder for the figures (default: ./vit-sae-demo)")
+    demo.add_argument("--out", default="vit-sae-demo",
+                      help="folder for the figures and the feature browser (default: ./vit-sae-demo)")
     demo.add_argument("--images", type=int, default=1000, help="held-out images to use")
-    demo.add_argument("--no-figures", action="store_true")
+    demo.add_argument("--no-figures", action="store_true", help="write no figures and no feature browser")
     demo.set_defaults(run=run)

@@ -16,6 +16,7 @@ from vit_sae_hooks.demo.classifier import TEST_SEED
 from vit_sae_hooks.experiments import ablate_features, patching, steer
 from vit_sae_hooks.model import HookedViT
 from vit_sae_hooks.sae import SAE
+from vit_sae_hooks.viz import build_site
 
 FEATURES_PER_CLASS = 3
 ABLATED_FEATURES = 5
@@ -34,6 +35,7 @@ class DemoReport:
     steering_classes: tuple[str, str, int]
     sweep: list[tuple[int, float]]
     figures: list[Path] = field(default_factory=list)
+    site: Path | None = None
     lines: list[str] = field(default_factory=list)
 
 
@@ -44,7 +46,8 @@ def _class_accuracy(logits: Tensor, labels: Tensor, class_id: int) -> float:
 
 @torch.no_grad()
 def run_demo(out: str | os.PathLike | None = "vit-sae-demo", n_images: int = 1000, figures: bool = True) -> DemoReport:
-    """Run every step of the demo on ``n_images`` held-out shape images and return what it measured.
+    """Run every step of the demo on ``n_images`` held-out shape images and return what it measured; with
+    ``figures``, write feature cards, a heatmap and the feature browser (``out/browser/index.html``) under ``out``.
 
     Example:
         >>> report = run_demo(out=None)
@@ -148,6 +151,10 @@ def run_demo(out: str | os.PathLike | None = "vit-sae-demo", n_images: int = 100
         report.figures = _write_figures(Path(out), model, sae, images, labels, selective, index)
         say("")
         say(f"Figures written to {out}/: " + ", ".join(path.name for path in report.figures))
+        site = build_site(model, sae, images, Path(out) / "browser", labels=labels, class_names=shapes.CLASSES,
+                          sae_name=SAE_NAME, progress=False)
+        report.site = site.index
+        say(f"Feature browser of all {site.n_features} features over the {site.n_images} images: open {site.url}")
     return report
 
 

@@ -1,4 +1,5 @@
-"""Feature visualisation: top-activating images and patches over a dataset, per-patch heatmaps, feature cards.
+"""Feature visualisation: top-activating images and patches over a dataset, per-patch heatmaps, feature cards,
+and a static feature browser (``build_site``) that opens from disk.
 
 Example:
     >>> from vit_sae_hooks.viz import top_activating, plot_feature_card
@@ -8,10 +9,13 @@ Example:
 
 from vit_sae_hooks.viz.figures import displayable_image, plot_feature_card, plot_heatmap, plot_top_images
 from vit_sae_hooks.viz.heatmap import feature_heatmap, patch_maps, token_activations
+from vit_sae_hooks.viz.site import Site, build_site
 from vit_sae_hooks.viz.top_activating import TopActivations, top_activating
 
 __all__ = [
+    "Site",
     "TopActivations",
+    "build_site",
     "displayable_image",
     "feature_heatmap",
     "patch_maps",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -66,6 +66,24 @@ class TopActivations:
         return int(matches[0])
 
 
+def merge_top(
+    kept: Float[Tensor, "n_features n_kept"], new: Float[Tensor, "n_features batch"], k: int
+) -> tuple[Float[Tensor, "n_features k"], Int[Tensor, "n_features k"]]:
+    """The ``k`` best scores of each row of ``kept`` followed by ``new``, best first, and where each came from
+    (a column of the concatenation: below ``n_kept`` a kept entry, else ``n_kept +`` its column in ``new``).
+
+    The sort is stable and kept entries come first, so a tie goes to the image seen earlier.
+
+    Example:
+        >>> scores, order = merge_top(torch.tensor([[3.0, 1.0]]), torch.tensor([[2.0, 1.0]]), k=2)
+        >>> order
+        tensor([[0, 2]])
+    """
+    combined = torch.cat([kept, new], dim=1)
+    order = combined.sort(dim=1, descending=True, stable=True).indices[:, :k]
+    return combined.gather(1, order), order
+
+
 class _RunningTopK:
     """The ``k`` best images per feature so far, with their maps, indices and labels (CPU tensors)."""
 
@@ -90,13 +108,10 @@ class _RunningTopK:
             self.maps = None if maps is None else maps.new_empty((n_features, 0, *maps.shape[2:]))
             self.labels = None if labels is None else labels.new_empty((n_features, 0))
         kept = self.scores.shape[1]
-        combined = torch.cat([self.scores, scores.T], dim=1)
-        # Stable: the kept images come first and are earlier in the data, so ties go to the earlier image.
-        order = combined.sort(dim=1, descending=True, stable=True).indices[:, : self.k]
+        self.scores, order = merge_top(self.scores, scores.T, self.k)
         from_kept = order < kept
         feature_row = torch.arange(n_features)[:, None]
         new_image = order - kept
-        self.scores = combined.gather(1, order)
         self.image_indices = torch.cat([self.image_indices, image_indices.expand(n_features, batch)], 1).gather(1, order)
         if self.labels is not None:
             self.labels = torch.cat([self.labels, labels.expand(n_features, batch)], 1).gather(1, order)
@@ -109,6 +124,45 @@ class _RunningTopK:
         if self.maps is not None:
             pool = torch.cat([self.maps.flatten(0, 1), maps.transpose(0, 1).flatten(0, 1)])
             self.maps = pool[torch.where(from_kept, kept_slot, n_features * kept + feature_row * batch + new_image)]
+
+
+def streamed_batches(
+    batches: Iterable, limit: int | None, total: int | None, description: str, progress: bool
+) -> Iterator[tuple[Float[Tensor, "batch channels height width"], Int[Tensor, " batch"] | None]]:
+    """The ``(images, labels or None)`` batches of :func:`~vit_sae_hooks.data.batches.image_batches`, cut at
+    ``limit``, with a progress bar on stderr; images of another size than the first raise.
+
+    Example:
+        >>> batches, total, _ = image_batches(model, "imagenet/val", None, 64, 5000, None)
+        >>> for images, labels in streamed_batches(batches, 5000, total, "top images", progress=True): ...
+    """
+    from tqdm.auto import tqdm
+
+    first_shape = None
+    with tqdm(total=total, unit="img", desc=description, file=sys.stderr, disable=not progress) as bar:
+        for images, labels in limited_batches(batches, limit):
+            first_shape = first_shape or tuple(images.shape[1:])
+            if tuple(images.shape[1:]) != first_shape:
+                raise InputShapeError(
+                    f"images of shape {tuple(images.shape[1:])} follow images of shape {first_shape}; every image "
+                    "must have the same size (preprocess them all with the same transform)"
+                )
+            yield images, labels
+            bar.update(images.shape[0])
+
+
+def model_device(model: HookedViT, sae: SAE) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype images must have for ``model``, once ``sae`` is checked to sit on the same device.
+
+    Example:
+        >>> model_device(model, sae)
+        (device(type='cpu'), torch.float32)
+    """
+    parameter = next(model.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    if sae.W_enc.device != device:
+        raise ConfigError(f"the SAE is on {sae.W_enc.device} but the model on {device}; move it with sae.to({str(device)!r})")
+    return device, dtype
 
 
 def top_activating(
@@ -149,46 +203,28 @@ def top_activating(
         raise ConfigError(f"k={k!r} must be a positive whole number of images to keep per feature")
     if reduce not in ("max", "mean"):
         raise ConfigError(f"reduce={reduce!r} is not 'max' or 'mean'")
-    parameter = next(model.parameters())
-    device, dtype = parameter.device, parameter.dtype
-    if sae.W_enc.device != device:
-        raise ConfigError(f"the SAE is on {sae.W_enc.device} but the model on {device}; move it with sae.to({str(device)!r})")
+    device, dtype = model_device(model, sae)
     batches, total, dataset = image_batches(model, data, labels, batch_size, limit, num_workers)
-
-    from tqdm.auto import tqdm
-
     running = _RunningTopK(len(ids), k)
     seen = 0
-    first_shape = None
-    bar = tqdm(total=total, unit="img", desc=f"top images {sae.hook_name}", file=sys.stderr, disable=not progress)
-    try:
-        for images, batch_labels in limited_batches(batches, limit):
-            first_shape = first_shape or tuple(images.shape[1:])
-            if tuple(images.shape[1:]) != first_shape:
-                raise InputShapeError(
-                    f"images of shape {tuple(images.shape[1:])} follow images of shape {first_shape}; every image "
-                    "must have the same size (preprocess them all with the same transform)"
-                )
-            if running.scores is not None and (batch_labels is None) != (running.labels is None):
-                raise DataError(
-                    f"the batch starting at image {seen} {'has no' if batch_labels is None else 'has'} labels "
-                    "unlike the batches before it; yield labels with every batch or with none"
-                )
-            batch = images.shape[0]
-            acts, positions = token_activations(model, sae, images.to(device=device, dtype=dtype), ids)
-            scores = acts.amax(dim=1) if reduce == "max" else acts.mean(dim=1)
-            maps = patch_maps(acts, positions, model.cfg.n_prefix_tokens, patch_grid_size(model, images), model.token_layout)
-            running.update(
-                scores.cpu(),
-                torch.arange(seen, seen + batch),
-                images.detach().cpu() if keep_images else None,
-                None if maps is None else maps.cpu(),
-                None if batch_labels is None else torch.as_tensor(batch_labels).long().cpu(),
+    for images, batch_labels in streamed_batches(batches, limit, total, f"top images {sae.hook_name}", progress):
+        if running.scores is not None and (batch_labels is None) != (running.labels is None):
+            raise DataError(
+                f"the batch starting at image {seen} {'has no' if batch_labels is None else 'has'} labels "
+                "unlike the batches before it; yield labels with every batch or with none"
             )
-            seen += batch
-            bar.update(batch)
-    finally:
-        bar.close()
+        batch = images.shape[0]
+        acts, positions = token_activations(model, sae, images.to(device=device, dtype=dtype), ids)
+        scores = acts.amax(dim=1) if reduce == "max" else acts.mean(dim=1)
+        maps = patch_maps(acts, positions, model.cfg.n_prefix_tokens, patch_grid_size(model, images), model.token_layout)
+        running.update(
+            scores.cpu(),
+            torch.arange(seen, seen + batch),
+            images.detach().cpu() if keep_images else None,
+            None if maps is None else maps.cpu(),
+            None if batch_labels is None else torch.as_tensor(batch_labels).long().cpu(),
+        )
+        seen += batch
     if seen == 0:
         raise DataError("the data yielded no images; check the folder, dataset, loader or limit")
     classes = getattr(dataset, "classes", None)
