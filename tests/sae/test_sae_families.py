@@ -112,6 +112,8 @@ def _saelens_step(name: str, **settings) -> tuple[SAE, dict[str, torch.Tensor], 
     mask = ref.get("train_step_dead_neuron_mask", torch.zeros(sae.d_sae))
     dead = mask.bool().nonzero().flatten()
     # variance 1: this library divides every loss by the data's variance, SAELens does not.
+    if sae.cfg.prefixes is not None:
+        settings["prefixes"] = sae.cfg.prefixes
     batch = TrainingBatch(dead, 1.0, TrainConfig(architecture=sae.cfg.architecture, k=16, **settings))
     x = ref["train_step_input"]
     return sae, ref, sae.training_terms(x, x, batch)

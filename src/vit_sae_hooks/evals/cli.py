@@ -86,7 +86,8 @@ def run_eval(args: argparse.Namespace) -> int:
             model, sae, loader, head=head, tokens=args.tokens, zero_ablation=args.zero_ablation,
             use_logit_scale=args.logit_scale, sae_name=name, progress=not args.quiet,
         )
-        print(result.markdown_row(variant=args.variant))
+        for row in result.rows():  # a Matryoshka SAE's inner prefixes follow it
+            print(row.markdown_row(variant=args.variant))
         record = result.to_dict()
         entry = pretrained.lookup(name) if args.compare_published else None
         if entry is not None:
