@@ -234,7 +234,7 @@ def feature_attribution(
         >>> attribution.top(5)  # [(position, feature, score), ...]
     """
     _check_pair(clean_images, corrupted_images)
-    hook_name = hook_name or sae.hook_name
+    hook_name = hook_name or sae.output_hook_name
     acts_name = f"{hook_name}.hook_sae_acts_post"
     captured: dict[str, Tensor] = {}
 
@@ -292,17 +292,19 @@ def ablation_sweep(
     Example:
         >>> effects = ablation_sweep(model, sae, images, features=top_features, metric=metric)  # [64]
     """
-    hook_name = hook_name or sae.hook_name
+    hook_name = hook_name or sae.output_hook_name
     model.check_hook_name(hook_name)
     features = [int(f) for f in features]
     if not features:
         raise ConfigError("features is empty; pass the feature indices to ablate")
     if method not in ("auto", "fast", "naive"):
         raise ConfigError(f"method={method!r} is not one of 'auto', 'fast', 'naive'")
-    boundary = additive_boundary(hook_name)
+    # A transcoder's features depend on another hook than the one they write, which the fast sweep does not cache.
+    boundary = None if sae.is_transcoder else additive_boundary(hook_name)
     if method == "fast" and boundary is None:
         raise HookNameError(
-            f"the fast sweep needs a resid_pre, resid_post or mlp_out hook, not {hook_name!r}; use method='naive'"
+            f"the fast sweep needs an SAE (not a transcoder) at a resid_pre, resid_post or mlp_out hook, not "
+            f"{hook_name!r}; use method='naive'"
         )
     tokens = sae.token_set if tokens is None else tokens
     with torch.no_grad():

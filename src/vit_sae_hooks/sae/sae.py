@@ -270,6 +270,17 @@ class SAE(HookedRootModule):
         return self.cfg.hook_name_out
 
     @property
+    def output_hook_name(self) -> str | None:
+        """The hook the SAE writes when spliced, where its hooks appear (``{output_hook_name}.hook_sae_acts_post``):
+        ``hook_name`` for an SAE, ``hook_name_out`` for a transcoder.
+
+        Example:
+            >>> transcoder.output_hook_name
+            'blocks.5.hook_mlp_out'
+        """
+        return self.cfg.hook_name_out if self.is_transcoder else self.cfg.hook_name
+
+    @property
     def token_set(self) -> str:
         """The tokens the SAE was trained on: ``"all"``, ``"cls"`` or ``"patches"``, e.g. ``sae.token_set == "cls"``."""
         return self.cfg.token_set

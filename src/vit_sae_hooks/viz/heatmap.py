@@ -75,7 +75,8 @@ def token_activations(
         >>> acts, positions = token_activations(model, sae, images, [3, 17])  # acts: [batch, 50, 2]
     """
     ids = feature_ids(features, sae)
-    hook_name = sae.hook_name
+    # Where the spliced SAE's hooks appear: a transcoder's output hook.
+    hook_name = getattr(sae, "output_hook_name", sae.hook_name)
     captured: dict[str, Any] = {}
 
     def capture(acts: Tensor, hook: Any) -> None:
