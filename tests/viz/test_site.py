@@ -385,3 +385,31 @@ def test_sixty_five_thousand_features_stay_in_shards(tmp_path):
     live = acts.amax((0, 1)) > 0
     assert site.n_features - site.n_dead == int(live.sum()) > 20_000
     assert (site.folder / "data" / "summary.js").stat().st_size < 3_000_000
+
+
+def test_video_clips_are_filmstrips_with_their_patch_maps_in_place(tmp_path):
+    # A clip of 4 frames in tubelets of 2 has 2 time positions of 4 x 4 patches; the site shows the first
+    # frame of each tubelet side by side, and patch (t, row, column) sits at (row, t * 4 + column).
+    torch.manual_seed(0)
+    model = HookedViT(HookedViTConfig(**BASE, n_frames=4, tubelet_size=2)).eval()
+    sae = _sae("patches")
+    clips = torch.randn(7, 4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    site = build_site(model, sae, clips, tmp_path / "site", top=3, similar=0, progress=False, unnormalize=((0, 0, 0), (1, 1, 1)))
+    data = read_site(site.folder)
+    meta = data["meta"]
+    assert meta["grid"] == [4, 8] and (meta["thumb"]["height"], meta["thumb"]["width"]) == (16, 32)
+    time, index = torch.arange(32) // 16, torch.arange(32) % 16
+    assert meta["rows"]["patches"] == (index // 4 * 8 + time * 4 + index % 4).tolist()
+    from PIL import Image
+
+    thumb = torch.tensor(np.asarray(Image.open(site.folder / "thumbs" / "0.png")), dtype=torch.float32) / 255
+    strip = torch.cat([clips[0, 0], clips[0, 2]], -1).clamp(0, 1).permute(1, 2, 0)
+    torch.testing.assert_close(thumb, strip, atol=1 / 255, rtol=0)
+    top = top_activating(model, sae, clips, list(range(D_SAE)), k=3, progress=False)
+    assert top.patch_maps.shape[2:] == (2, 4, 4)  # one map per time position
+    for feature, record in data["features"].items():
+        for slot, code in enumerate(record["maps"]):
+            levels = torch.tensor([files.MAP_ALPHABET.index(c) for c in code], dtype=torch.float32).view(4, 8)
+            expected = top.patch_maps[feature, slot].permute(1, 0, 2).reshape(4, 8)  # [t, r, c] -> [r, t * 4 + c]
+            score = top.scores[feature, slot]
+            torch.testing.assert_close(levels / 63 * score, expected, atol=score.item() / 126 + 1e-6, rtol=0)

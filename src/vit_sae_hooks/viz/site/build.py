@@ -142,7 +142,7 @@ def build_site(
     tracked[shown] = torch.arange(shown.numel())
     stats = FeatureStats(shown.numel(), top, rows, n_labels=0 if head is None else len(head.class_names))
     with files.staged_site(out) as folder:
-        writer = _ImageWriter(folder, unnormalize, shown, per_token, name_of)
+        writer = _ImageWriter(folder, unnormalize, shown, per_token, name_of, tubelet=model.cfg.tubelet_size)
         _stream(model, sae, rows, batches, limit, total, tracked, stats, writer, head, progress)
         writer.close()
         n_dead = _write_features(folder, sae, shown, stats, writer, class_names, head, similar)
@@ -239,8 +239,13 @@ def _stream(
 class _ImageWriter:
     """Writes each image's thumbnail and its image-view record as the pass goes, one shard at a time."""
 
-    def __init__(self, folder: Path, unnormalize: Unnormalize, shown: Tensor, per_token: int, name_of: Callable[[int], str]):
+    def __init__(
+        self, folder: Path, unnormalize: Unnormalize, shown: Tensor, per_token: int, name_of: Callable[[int], str],
+        tubelet: int = 1,
+    ):
         self.folder, self.unnormalize, self.shown, self.per_token, self.name_of = folder, unnormalize, shown, per_token, name_of
+        # Video clips are shown as a filmstrip: the first frame of each tubelet, side by side.
+        self.tubelet = tubelet
         (folder / "thumbs").mkdir()
         self.labels: list[int] = []
         self.pending: list[dict[str, Any]] = []
@@ -252,6 +257,10 @@ class _ImageWriter:
         from PIL import Image
 
         batch = images.shape[0]
+        if images.ndim == 5:
+            # [batch, frames, C, H, W] -> [batch, C, H, time positions * W]
+            time_positions = images.shape[1] // self.tubelet
+            images = images[:, : time_positions * self.tubelet : self.tubelet].permute(0, 2, 3, 1, 4).flatten(-2)
         if self.extension is None:
             self.thumb_size = (int(images.shape[-2]), int(images.shape[-1]))
             self.extension = "png" if max(self.thumb_size) <= PNG_UP_TO else "jpg"

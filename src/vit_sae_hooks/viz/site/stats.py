@@ -38,6 +38,8 @@ MAP_LEVELS = 63
 class TokenRows:
     """What each row of the SAE's activations is: its model position, kind (index into ``KINDS``) and patch
     index on the grid (-1 for CLS and register rows). A hook without a token axis has one row of kind "image".
+    For video the grid is a filmstrip: the time positions side by side, so patch ``(t, row, column)`` sits at
+    ``row * (frames * width) + t * width + column``.
 
     Example:
         >>> TokenRows.of(model, sae).kinds  # an all-token SAE on a CLS model with 16 patches
@@ -64,7 +66,11 @@ class TokenRows:
         kinds = torch.where(is_patch, KINDS.index("patch"), KINDS.index("register"))
         if layout.has_cls_token:
             kinds[positions == 0] = KINDS.index("cls")
-        patches = torch.where(is_patch, layout.patch_index(positions), -1)
+        frame, index = layout.patch_coordinates(positions)
+        if layout.frames > 1:
+            row, column = index // layout.grid[1], index % layout.grid[1]
+            index = row * (layout.frames * layout.grid[1]) + frame * layout.grid[1] + column
+        patches = torch.where(is_patch, index, -1)
         return cls(selection.where, positions, kinds, patches, flatten_heads)
 
     @property
