@@ -110,6 +110,20 @@ def test_gradients_reach_feature_activations_with_the_error_term(images):
     assert grads["acts"].shape == (2, N_POS, 64) and grads["acts"].abs().sum() > 0
 
 
+def test_an_unedited_splice_with_the_error_term_leaves_the_model_gradients_unchanged(images):
+    # With a hook on the features (so the error term is computed apart from them), d output / d input is the
+    # model's own: the splice is the identity function, and its Jacobian is the identity too.
+    model, sae = _model(), _sae()
+    pixels = images.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(model(pixels)[:, 0].sum(), [pixels])
+    with model.saes([sae], use_error_term=True):
+        model.add_hook(f"{sae.hook_name}.hook_sae_acts_post", lambda acts, hook: acts * 1.0)
+        (spliced,) = torch.autograd.grad(model(pixels)[:, 0].sum(), [pixels])
+        model.reset_hooks()
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(spliced, expected, atol=1e-5, rtol=1e-4)
+
+
 def test_sae_hooks_are_visible_under_the_hook_name_and_the_original_hook_sees_the_splice(images):
     model, sae = _model(), _sae()
     seen = {}

@@ -73,7 +73,9 @@ class SAE(HookedRootModule):
 
     ``hook_sae_input`` sees ``x`` before normalisation. With ``use_error_term`` set, ``forward`` adds
     ``hook_sae_error(target - clean_reconstruction)`` (``target`` is ``x`` itself for an SAE, the true output
-    for a transcoder) so that splicing leaves the model's output unchanged unless a hook edits the features.
+    for a transcoder) so that splicing leaves the model's output unchanged unless a hook edits the features;
+    the error keeps the clean reconstruction's gradient, so an unedited splice also leaves the model's
+    gradients unchanged, and a hook that edits the features sees the metric's gradient through the decoder.
     Normalisation statistics are returned (:class:`NormStats`), never kept on the module, so calls can interleave.
     Work happens in the parameters' dtype; ``forward`` returns the input's dtype.
 
@@ -376,8 +378,10 @@ class SAE(HookedRootModule):
         out = self._reconstruct(x, run_hooks=True)
         if self.use_error_term:
             target = self._error_target(x, target)
+            # The clean reconstruction keeps its gradient, so that gradients through an unedited splice are
+            # the model's own (d out / d x = identity), as circuits and attribution need.
             clean = out if not self._hooks_change_reconstruction() else self._clean_reconstruction(x)
-            error = self.hook_sae_error(target.to(out.dtype) - clean.detach())
+            error = self.hook_sae_error(target.to(out.dtype) - clean)
             out = out + error
         return self.hook_sae_output(out).to(x.dtype)
 
@@ -427,8 +431,7 @@ class SAE(HookedRootModule):
 
     def _clean_reconstruction(self, x: Tensor) -> Tensor:
         # The error term must measure the unedited SAE, so hooks that edit features do not leak into it.
-        with torch.no_grad():
-            return self._reconstruct(x, run_hooks=False)
+        return self._reconstruct(x, run_hooks=False)
 
     def _hooks_change_reconstruction(self) -> bool:
         inner = (self.hook_sae_input, self.hook_sae_acts_pre, self.hook_sae_acts_post, self.hook_sae_recons)
