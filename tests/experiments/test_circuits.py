@@ -4,6 +4,7 @@ and the model's own outputs."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -105,7 +106,7 @@ def test_edges_into_a_target_sum_to_its_exact_change_when_the_hook_before_is_at_
     model = _tiny()
     saes = [_random_sae(f"blocks.{layer}.hook_resid_post", seed=layer, architecture="standard") for layer in range(3)]
     circuit = circuits.feature_circuit(model, saes, images, tiny_metric, steps=64, top_nodes=5)
-    for upstream, downstream in zip(saes[:-1], saes[1:], strict=True):
+    for upstream, downstream in itertools.pairwise(saes):
         exact = _exact_target_changes(model, images, upstream, downstream, circuit.gradients(downstream.hook_name))
         targets = circuit.nodes_at(downstream.hook_name)
         assert any(t.is_error for t in targets) and sum(not t.is_error for t in targets) >= 4
@@ -250,7 +251,8 @@ def test_corrupted_images_and_mean_baselines_are_complete_against_patching_the_h
     acts = sae.encode(cache[sae.hook_name])
     mean_acts = acts.mean(0)
     mean_error = (cache[sae.hook_name] - sae.decode(acts)).mean(0)
-    exact = mean.clean_metric - _replaced(model, images, {sae.hook_name: lambda x: (sae.decode(mean_acts) + mean_error).expand_as(x)})
+    mean_activation = sae.decode(mean_acts) + mean_error
+    exact = mean.clean_metric - _replaced(model, images, {sae.hook_name: mean_activation.expand_as})
     assert float(mean.node_attributions(sae.hook_name).sum()) == pytest.approx(exact, rel=0.01)
 
 
@@ -329,13 +331,13 @@ def test_a_transcoder_and_an_sae_make_a_complete_circuit():
 
 def test_bad_inputs_say_what_to_fix(demo):
     model, saes, images, _ = demo
-    with pytest.raises(ConfigError, match="both at 'blocks.1.hook_resid_post'; a circuit takes one SAE per hook"):
+    with pytest.raises(ConfigError, match=r"both at 'blocks\.1\.hook_resid_post'; a circuit takes one SAE per hook"):
         circuits.feature_circuit(model, [saes[0], saes[0]], images, metric)
     with pytest.raises(ConfigError, match="pass saes in the model's order"):
         circuits.feature_circuit(model, [saes[2], saes[0]], images, metric)
     lacking = _random_sae("blocks.7.hook_resid_post")
     lacking.cfg.d_in = 64
-    with pytest.raises(HookNameError, match="which this model lacks.*Pass SAEs trained on this model's hooks"):
+    with pytest.raises(HookNameError, match=r"which this model lacks.*Pass SAEs trained on this model's hooks\."):
         circuits.feature_circuit(model, [saes[0], lacking], images, metric)
     with pytest.raises(ConfigError, match=r"metric must return a scalar.*got shape \(6,\)"):
         circuits.feature_circuit(model, saes, images, lambda out: out[:, 0])
@@ -350,7 +352,7 @@ def test_bad_inputs_say_what_to_fix(demo):
         circuits.feature_circuit(model, saes, images, metric, method="ig")
     model.add_sae(saes[1])
     try:
-        with pytest.raises(ConfigError, match="call model.reset_saes"):
+        with pytest.raises(ConfigError, match=r"call model\.reset_saes\(\) first"):
             circuits.feature_circuit(model, saes, images, metric)
     finally:
         model.reset_saes()
@@ -368,3 +370,42 @@ def test_json_holds_nodes_edges_and_completeness(circuit, tmp_path):
     path, strength = circuit.top_paths(1)[0]
     assert [n.hook_name for n in path] == [*circuit.hooks, circuits.METRIC]
     assert data["top_paths"][0]["strength"] == pytest.approx(strength)
+
+
+def test_the_picture_shows_each_feature_on_its_top_image(demo, circuit, tmp_path):
+    model, saes, images, corrupted = demo
+    pool = torch.cat([images, corrupted])
+    nodes = [node for node in circuit.nodes if not node.is_error]
+    chosen = circuit.top_images(pool, nodes)
+    for node in nodes:
+        sae = saes[circuit.hooks.index(node.hook_name)]
+        _, cache = model.run_with_cache(pool, names_filter=[node.hook_name])
+        assert chosen[node] == int(sae.encode(cache[node.hook_name])[..., node.feature].sum(1).argmax()), node.name
+    figure = circuit.plot(tmp_path / "c.png", images=pool, unnormalize=(shapes.MEAN, shapes.STD))
+    assert (tmp_path / "c.png").stat().st_size > 20_000
+    labels = [text.get_text() for text in figure.axes[0].texts]
+    assert sum(label.startswith("error") for label in labels) == len(circuit.hooks)
+    assert len(figure.axes[0].images) == min(len(nodes), 9 * len(circuit.hooks))
+    assert any(label.startswith(f"#{nodes[0].feature}\n") for label in labels)
+
+
+def test_circuit_command_writes_json_and_picture_and_prints_top_paths(tmp_path, capsys):
+    from vit_sae_hooks.cli import main
+    from vit_sae_hooks.data import ImageFolder, preprocess_for
+
+    shapes.save_images(shapes.make_batch(60, seed=4), tmp_path / "shapes")
+    argv = ["circuit", "--model", MODEL_NAME, *[arg for name in CIRCUIT_SAE_NAMES for arg in ("--sae", name)],
+            "--images", str(tmp_path / "shapes"), "--class", "triangle", "--out", str(tmp_path / "out"),
+            "--limit", "5", "--steps", "8", "--top-nodes", "4"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Top paths" in out and "-> metric" in out and (tmp_path / "out" / "circuit.png").stat().st_size > 20_000
+    data = json.loads((tmp_path / "out" / "circuit.json").read_text())
+    assert data["hooks"] == [f"blocks.{layer}.hook_resid_post" for layer in (1, 2, 3)]
+    model = HookedViT.from_pretrained(MODEL_NAME)
+    folder = ImageFolder(tmp_path / "shapes" / "triangle", transform=preprocess_for(model))
+    images = torch.stack([folder[i][0] for i in range(5)])
+    with torch.no_grad():
+        assert data["metric"]["clean"] == pytest.approx(float(model(images)[:, 2].mean()), abs=1e-4)
+    assert main([*argv[:-8], "--class", "hexagon", "--out", str(tmp_path / "x")]) == 2
+    assert "--class 'hexagon' is not a class of this model; use one of ['circle'" in capsys.readouterr().err

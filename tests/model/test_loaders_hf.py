@@ -47,7 +47,9 @@ FAMILIES = {
         lambda m, x: m(pixel_values=x).pooler_output,
     ),
     "vit_classifier": (
-        lambda: transformers.ViTForImageClassification(transformers.ViTConfig(**SMALL, num_labels=7)),
+        lambda: transformers.ViTForImageClassification(
+            transformers.ViTConfig(**SMALL, id2label={i: f"class {i}" for i in range(7)})
+        ),
         lambda m, x: m(pixel_values=x).logits,
     ),
     "dinov2": (
@@ -106,6 +108,8 @@ def test_hooks_and_output_match_transformers(family, saved_models, images):
         torch.testing.assert_close(ours, hidden_states[layer + 1], atol=TOLERANCE, rtol=0)
     assert output.shape == expected_output.shape
     torch.testing.assert_close(output, expected_output, atol=TOLERANCE, rtol=0)
+    if family == "vit_classifier":  # the classifier's class names, in output order, from its id2label
+        assert model.cfg.extra["class_names"] == [hf_model.config.id2label[i] for i in range(7)]
 
 
 @pytest.mark.parametrize("family", ["dinov2", "dinov2_registers"])

@@ -20,6 +20,7 @@ import torch
 from vit_sae_hooks.data import shapes
 from vit_sae_hooks.demo.classifier import TEST_SEED, accuracy, train_classifier
 from vit_sae_hooks.errors import ConfigError
+from vit_sae_hooks.hook_names import stop_layer
 from vit_sae_hooks.hub import ASSETS
 from vit_sae_hooks.model import HookedViT
 from vit_sae_hooks.sae import SAE
@@ -50,10 +51,9 @@ class BuildReport:
 @torch.no_grad()
 def hook_activations(model: HookedViT, hook_name: str, n_images: int, seed: int, batch_size: int = 500) -> torch.Tensor:
     """Every token's activation at ``hook_name`` on ``n_images`` generated shape images, ``[tokens, d_model]``."""
-    layer = int(hook_name.split(".")[1])
     chunks = []
     for images, _ in shapes.batches(batch_size, max(1, n_images // batch_size), seed=seed):
-        _, cache = model.run_with_cache(images, stop_at_layer=layer + 1, names_filter=[hook_name])
+        _, cache = model.run_with_cache(images, stop_at_layer=stop_layer(hook_name), names_filter=[hook_name])
         chunks.append(cache[hook_name].flatten(0, 1))
     return torch.cat(chunks)
 

@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 SHAPES_VIT_CONFIG = dict(
     n_layers=4, d_model=64, n_heads=4, d_mlp=256, image_size=32, patch_size=8, ln_pre=True, act_fn="gelu",
     head_type="linear", d_output=len(shapes.CLASSES), model_name="vit-sae-hooks/shapes-vit",
-    original_architecture="vit_sae_hooks.shapes_vit",
+    original_architecture="vit_sae_hooks.shapes_vit", extra={"class_names": list(shapes.CLASSES)},
 )
 TRAIN_SEED, TEST_SEED = 0, 1
 

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 
 from vit_sae_hooks.data import shapes
-from vit_sae_hooks.demo.build import MODEL_NAME, SAE_NAME
+from vit_sae_hooks.demo.build import CIRCUIT_SAE_NAMES, MODEL_NAME, SAE_NAME
 from vit_sae_hooks.demo.classifier import TEST_SEED
-from vit_sae_hooks.experiments import ablate_features, patching, steer
+from vit_sae_hooks.experiments import ablate_features, circuits, patching, steer
 from vit_sae_hooks.model import HookedViT
 from vit_sae_hooks.sae import SAE
 from vit_sae_hooks.viz import build_site
@@ -21,6 +21,7 @@ from vit_sae_hooks.viz import build_site
 FEATURES_PER_CLASS = 3
 ABLATED_FEATURES = 5
 STEERING_SCALES = (0.0, 1.0, 2.0, 4.0)
+CIRCUIT_IMAGES, CIRCUIT_STEPS, CIRCUIT_NODES, CIRCUIT_FAITHFULNESS = 8, 16, 6, (4, 8, 16, 32)
 
 
 @dataclass
@@ -34,6 +35,8 @@ class DemoReport:
     steering: list[tuple[float, float]]
     steering_classes: tuple[str, str, int]
     sweep: list[tuple[int, float]]
+    circuit: circuits.Circuit | None = None
+    faithfulness: circuits.Faithfulness | None = None
     figures: list[Path] = field(default_factory=list)
     site: Path | None = None
     lines: list[str] = field(default_factory=list)
@@ -143,12 +146,40 @@ def run_demo(out: str | os.PathLike | None = "vit-sae-demo", n_images: int = 100
     say(f"Ablation sweep on image {index} ('{target_name}'): change of its '{target_name}' logit per feature")
     say("  " + ", ".join(f"#{f} {e:+.2f}" for f, e in sweep[:8]))
 
+    # 6. the circuit of the class's logit through the SAEs after blocks 1, 2 and 3
+    circuit_saes = [SAE.from_pretrained(name) for name in CIRCUIT_SAE_NAMES]
+    class_images = images[labels == target][:CIRCUIT_IMAGES]
+    with torch.enable_grad():
+        circuit = circuits.feature_circuit(model, circuit_saes, class_images, class_logit, steps=CIRCUIT_STEPS,
+                                           top_nodes=CIRCUIT_NODES)
+    faithfulness = circuit.faithfulness(CIRCUIT_FAITHFULNESS)
+    say("")
+    say(f"Feature circuit of the '{target_name}' logit on {len(class_images)} '{target_name}' images through the "
+        f"SAEs after blocks {', '.join(name.rsplit('/', 1)[1] for name in CIRCUIT_SAE_NAMES)} "
+        f"(integrated gradients, {CIRCUIT_STEPS} steps, zero baseline, SAE errors as nodes):")
+    for hook in circuit.hooks:
+        top = [node for node in circuit.nodes_at(hook) if not node.is_error][:4]
+        error, exact = circuit.node_attributions(hook)[-1], circuit.clean_metric - circuit.baseline_metric[hook]
+        say(f"  {hook}: " + ", ".join(f"#{n.feature} {n.attribution:+.2f}" for n in top) + f", error {error:+.2f} "
+            f"(all nodes sum to {circuit.node_attributions(hook).sum():+.2f}; exact {exact:+.2f})")
+    for path, strength in circuit.top_paths(3):
+        say(f"  path {strength:+.2f}: " + " -> ".join(
+            "logit" if n.hook_name == circuits.METRIC else f"L{n.hook_name.split('.')[1]} " +
+            ("error" if n.is_error else f"#{n.feature}") for n in path))
+    say("  faithfulness (logit kept with only the top-n nodes of all SAEs): " + ", ".join(
+        f"{n}: {fraction:.0%}" for n, fraction in zip(faithfulness.n_nodes, faithfulness.fraction.tolist(), strict=True)))
+
     report = DemoReport(
         accuracy=accuracy, eval_row=result.to_dict()["metrics"], selective_features=selective, ablation=ablation,
-        steering=steering, steering_classes=(shapes.CLASSES[source], target_name, feature), sweep=sweep, lines=lines,
+        steering=steering, steering_classes=(shapes.CLASSES[source], target_name, feature), sweep=sweep,
+        circuit=circuit, faithfulness=faithfulness, lines=lines,
     )
     if figures and out is not None:
         report.figures = _write_figures(Path(out), model, sae, images, labels, selective, index)
+        circuit_path = Path(out) / f"circuit_{target_name}.png"
+        circuit.plot(circuit_path, images=images, unnormalize=(shapes.MEAN, shapes.STD),
+                     title=f"Feature circuit of the '{target_name}' logit ({len(class_images)} held-out images)")
+        report.figures.append(circuit_path)
         say("")
         say(f"Figures written to {out}/: " + ", ".join(path.name for path in report.figures))
         site = build_site(model, sae, images, Path(out) / "browser", labels=labels, class_names=shapes.CLASSES,

@@ -42,7 +42,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from vit_sae_hooks.errors import ConfigError, HookNameError, InputShapeError
-from vit_sae_hooks.hook_names import hook_layer
+from vit_sae_hooks.hook_names import hook_layer, stop_layer
 from vit_sae_hooks.sae import SAE
 from vit_sae_hooks.sae.formats.saelens import is_saelens_sae
 
@@ -183,6 +183,8 @@ class Circuit:
         edges: edges between kept nodes at successive hooks, and from the last SAE's kept nodes to the
             metric node ``Node("metric", None)``.
         hooks: the SAEs' hooks in the order the model computes them.
+        metric_node: the metric as a node (``hook_name="metric"``; its attribution: the clean metric minus the
+            metric with every node of the last SAE at its baseline), the target of the last SAE's edges.
         clean_metric: the metric on the clean images.
         baseline_metric: per hook, the metric with every node of that hook at its baseline (run exactly).
 
@@ -198,6 +200,7 @@ class Circuit:
         self.nodes: list[Node] = []
         self.edges: list[Edge] = []
         self.clean_metric = float("nan")
+        self.metric_node = Node(METRIC, None)
         self.baseline_metric: dict[str, float] = {}
         self._incoming: dict[Node, tuple[Tensor, Tensor]] = {}
         # The clean residual stream entering each block a site's forward passes start from.
@@ -467,10 +470,8 @@ class Circuit:
         copies = [(t, alpha) for t in range(len(readouts)) for alpha in alphas]
         per_pass = max(1, self.max_batch // batch)
         downstream = self._sites[index + 1] if index + 1 < len(self._sites) and readouts[0] is not None else None
-        stop_layer = None
-        if downstream is not None:
-            layer = hook_layer(downstream.hook_name)
-            stop_layer = layer + 1 if layer is not None and layer + 1 < self.model.cfg.n_layers else None
+        stop = stop_layer(downstream.hook_name) if downstream is not None else None
+        stop = stop if stop is not None and 0 < stop < self.model.cfg.n_layers else None
         for first in range(0, len(copies), per_pass):
             chunk = copies[first : first + per_pass]
             alpha = torch.tensor([a for _, a in chunk], dtype=site.clean_acts.dtype)
@@ -480,7 +481,7 @@ class Circuit:
             if downstream is not None:
                 overrides[downstream.hook_name] = _Override(record=record)
             with torch.enable_grad():
-                output = self._run(self.images, overrides, site.start_layer, stop_layer, copies=len(chunk))
+                output = self._run(self.images, overrides, site.start_layer, stop, copies=len(chunk))
                 if downstream is None:
                     value = self._metric_of(output, len(chunk)).sum()
                 else:
@@ -702,8 +703,8 @@ def _compute(circuit: Circuit, baseline: Any, reference_images: Tensor | None, t
         site.acts_attribution = ((site.clean_acts - site.base_acts) * site.grad_acts).sum(0)
         site.error_attribution = ((site.clean_error - site.base_error) * site.grad_error).sum((0, -1))
     circuit.nodes = [node for site in sites for node in _kept(circuit, site, top_nodes, node_threshold)]
-    metric_node = Node(METRIC, None, None, circuit.clean_metric - circuit.baseline_metric[sites[-1].hook_name])
-    circuit.edges = [Edge(node, metric_node, node.attribution) for node in circuit.nodes_at(sites[-1].hook_name)]
+    circuit.metric_node = Node(METRIC, None, None, circuit.clean_metric - circuit.baseline_metric[sites[-1].hook_name])
+    circuit.edges = [Edge(node, circuit.metric_node, node.attribution) for node in circuit.nodes_at(sites[-1].hook_name)]
     if edges:
         for index in range(1, len(sites)):
             _edges_into(circuit, index, alphas)

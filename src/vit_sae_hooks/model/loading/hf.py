@@ -210,6 +210,13 @@ def _load_siglip(source, prefix, vision, architecture, name):
     return cfg, state
 
 
+def _class_names(config: dict, n_classes: int) -> dict[str, list[str]]:
+    """``{"class_names": [...]}`` from a classifier's ``id2label``, when it names every output."""
+    labels = config.get("id2label") or {}
+    names = [labels.get(str(i), labels.get(i)) for i in range(n_classes)]
+    return {"class_names": names} if all(isinstance(name, str) for name in names) else {}
+
+
 def _load_vit_like(source, prefix, vision, family, model_type, architecture, name):
     """HF ``ViTModel``/``ViTForImageClassification`` (DINO v1 too) and ``Dinov2Model`` (with registers)."""
     is_dinov2 = family == "dinov2"
@@ -244,6 +251,8 @@ def _load_vit_like(source, prefix, vision, family, model_type, architecture, nam
         head_type=head_type,
         d_output=None if head_weight is None else head_weight.shape[0],
     )
+    if head_type == "linear":
+        cfg.extra.update(_class_names(vision, head_weight.shape[0]))
     blocks = []
     for layer in range(n_layers):
         p = f"{prefix}encoder.layer.{layer}."
