@@ -80,18 +80,46 @@ def test_naive_ablation_sweep_equals_ablating_by_hand(images, name):
             ablated = model.run_with_saes(images, saes=[sae], use_error_term=True,
                                           fwd_hooks=[(hook, ablate_features([feature]))])
         assert float(effect) == pytest.approx(float(metric(ablated) - baseline), rel=1e-4, abs=1e-5)
-    if sae.is_transcoder:
-        with pytest.raises(HookNameError, match="not a transcoder"):
-            ablation_sweep(model, sae, images, features, metric, method="fast")
+    # The fast sweep (encode once, re-run the blocks after the hook) agrees, transcoders included.
+    fast = ablation_sweep(model, sae, images, features, metric, method="fast")
+    torch.testing.assert_close(fast, effects, rtol=1e-4, atol=1e-4)
+
+
+def test_the_fast_sweep_refuses_a_hook_it_cannot_restart_from(images):
+    model = _model()
+    sae = _sae("batchtopk")
+    sae.cfg.hook_name = "blocks.1.hook_resid_mid"
+    with pytest.raises(HookNameError, match="use method='naive'"):
+        ablation_sweep(model, sae, images, [0], lambda logits: logits[:, 0].sum(), method="fast")
 
 
 def test_attribution_patching_over_transcoder_features(images):
     model, sae = _model(), _sae("transcoder")
     clean, corrupted = images[:3], images[3:]
-    attribution = feature_attribution(model, sae, clean, corrupted, lambda logits: logits[:, 1].sum())
+    def metric(logits):
+        return logits[:, 1].sum()
+
+    attribution = feature_attribution(model, sae, clean, corrupted, metric)
     assert attribution.scores.shape == (3, 10, 96)  # CLS + 3 x 3 patches
     torch.testing.assert_close(attribution.clean_acts, _encoded(model, sae, clean))
-    assert float(attribution.scores.abs().sum()) > 0
+    torch.testing.assert_close(attribution.corrupted_acts, _encoded(model, sae, corrupted))
+    # Each score is (clean - corrupted) x the metric's gradient at the corrupted feature values; check that
+    # gradient by a central finite difference of the model run with the feature nudged, for the top entries.
+    hook = f"{sae.output_hook_name}.hook_sae_acts_post"
+    gradient = attribution.scores / (attribution.clean_acts - attribution.corrupted_acts)
+    changed = (attribution.clean_acts - attribution.corrupted_acts).abs() > 1e-3
+    for flat in (attribution.scores.abs() * changed).flatten().topk(3).indices.tolist():
+        b, row, feature = (int(i) for i in torch.unravel_index(torch.tensor(flat), attribution.scores.shape))
+        values = []
+        for step in (1e-2, -1e-2):
+            def nudge(acts, hook, step=step):
+                acts = acts.clone()
+                acts[b, row, feature] += step
+                return acts
+            with torch.no_grad():
+                values.append(float(metric(model.run_with_saes(corrupted, saes=[sae], use_error_term=True,
+                                                               fwd_hooks=[(hook, nudge)]))))
+        assert float(gradient[b, row, feature]) == pytest.approx((values[0] - values[1]) / 2e-2, rel=1e-2, abs=1e-3)
 
 
 def test_the_feature_browser_reads_a_transcoder(images, tmp_path):
@@ -99,4 +127,12 @@ def test_the_feature_browser_reads_a_transcoder(images, tmp_path):
 
     model, sae = _model(), _sae("transcoder")
     site = build_site(model, sae, images, tmp_path / "site", top=2, similar=2, progress=False)
-    assert (tmp_path / "site" / "index.html").is_file() and site is not None
+    assert (tmp_path / "site" / "index.html").is_file() and site.n_features == 96
+    # The site's statistics are the transcoder's features at the hook it predicts, encoded from its input hook.
+    from helpers.site import read_data
+
+    summary = read_data(site.folder, "summary")
+    acts = _encoded(model, sae, images)
+    torch.testing.assert_close(torch.tensor(summary["max"], dtype=acts.dtype), acts.amax((0, 1)), rtol=1e-3, atol=1e-4)
+    top = top_activating(model, sae, images, [int(acts.amax((0, 1)).argmax())], k=2, progress=False)
+    assert top.image_indices[0].tolist() == acts[..., int(acts.amax((0, 1)).argmax())].amax(1).topk(2).indices.tolist()

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from vit_sae_hooks.errors import ConfigError, HookNameError, InputShapeError
 from vit_sae_hooks.experiments.interventions import ablate_features
-from vit_sae_hooks.hook_names import additive_boundary, block_input
+from vit_sae_hooks.hook_names import additive_boundary, block_input, stop_layer
 from vit_sae_hooks.tokens import TokenSelection, TokenSpec
 
 Metric = Callable[[Tensor], Tensor]
@@ -287,7 +287,8 @@ def ablation_sweep(
     With the error term spliced, ablating feature ``f`` changes the hook's output by exactly
     ``-a_f · W_dec[f]`` (de-normalised) on the SAE's tokens, so the fast method encodes once and then runs
     only the layers after the hook, batched over features. It applies to ``resid_pre``, ``resid_post`` and
-    ``mlp_out`` hooks; ``method="naive"`` (one spliced forward per feature) works at any hook.
+    ``mlp_out`` hooks (a transcoder writing one of them is encoded from its input hook); ``method="naive"``
+    (one spliced forward per feature) works at any hook.
 
     Example:
         >>> effects = ablation_sweep(model, sae, images, features=top_features, metric=metric)  # [64]
@@ -299,12 +300,15 @@ def ablation_sweep(
         raise ConfigError("features is empty; pass the feature indices to ablate")
     if method not in ("auto", "fast", "naive"):
         raise ConfigError(f"method={method!r} is not one of 'auto', 'fast', 'naive'")
-    # A transcoder's features depend on another hook than the one they write, which the fast sweep does not cache.
-    boundary = None if sae.is_transcoder else additive_boundary(hook_name)
+    boundary = additive_boundary(hook_name)
+    # A transcoder reads its input hook, which must be computed before the blocks the fast sweep re-runs.
+    if sae.is_transcoder and boundary is not None:
+        input_stop = stop_layer(sae.hook_name)
+        boundary = boundary if input_stop is not None and input_stop <= boundary else None
     if method == "fast" and boundary is None:
         raise HookNameError(
-            f"the fast sweep needs an SAE (not a transcoder) at a resid_pre, resid_post or mlp_out hook, not "
-            f"{hook_name!r}; use method='naive'"
+            f"the fast sweep needs an SAE (or a transcoder that writes there) at a resid_pre, resid_post or mlp_out "
+            f"hook, not {hook_name!r}; use method='naive'"
         )
     tokens = sae.token_set if tokens is None else tokens
     with torch.no_grad():
@@ -326,9 +330,11 @@ def _naive_sweep(model, sae, images, features, metric, hook_name, tokens) -> Ten
 
 def _fast_sweep(model, sae, images, features, metric, hook_name, tokens, boundary, max_batch) -> Tensor:
     start_layer = boundary
-    # Only the blocks before the boundary run on the images; everything after runs from it.
-    base, cache = model.run_with_cache(images, stop_at_layer=start_layer, names_filter=[hook_name])
-    x = cache[hook_name] if hook_name in cache.cache_dict else base  # a resid_pre hook is the boundary itself
+    # Only the blocks before the boundary run on the images; everything after runs from it. The features are
+    # encoded from the hook the SAE reads (a transcoder's input hook).
+    read = sae.hook_name if sae.is_transcoder else hook_name
+    base, cache = model.run_with_cache(images, stop_at_layer=start_layer, names_filter=[read])
+    x = cache[read] if read in cache.cache_dict else base  # a resid_pre hook is the boundary itself
     batch, n_pos, _ = x.shape
     baseline = torch.as_tensor(metric(model(base, start_at_layer=start_layer))).reshape(())
     selected = TokenSelection.resolve(tokens, n_pos, model.token_layout).mask(batch, x.device)
