@@ -82,3 +82,30 @@ def test_matryoshka_results_per_prefix_equal_evaluating_each_prefix(classifier, 
             assert row.metrics[key] == pytest.approx(alone.metrics[key], rel=1e-6, abs=1e-9), key
     assert result.by_prefix[8].avg_l0 < result.avg_l0
     assert "by_prefix" in result.to_dict()
+
+
+@pytest.mark.parametrize("architecture", ["batchtopk", "gated"])
+def test_batchtopk_and_gated_saes_are_scored_as_by_hand(classifier, batch, architecture):
+    images, labels = batch
+    hook = "blocks.1.hook_resid_post"
+    torch.manual_seed(5)
+    sae = SAE(SAEConfig(d_in=16, d_sae=48, architecture=architecture, hook_name=hook,
+                        **({"k": 6} if architecture == "batchtopk" else {})))
+    with torch.no_grad():
+        for parameter in sae.parameters():
+            parameter.normal_(0, 0.3)
+        if "threshold" in sae.buffer_names:
+            sae.threshold.fill_(0.2)  # BatchTopK's learned threshold, used at inference
+    result = evaluate(classifier, sae, images, labels=labels, batch_size=3, progress=False)
+    _, cache = classifier.run_with_cache(images, names_filter=[hook])
+    x = cache[hook]
+    with torch.no_grad():
+        acts, reconstruction = sae.encode(x), sae(x)
+    tokens, recon = x.reshape(-1, 16), reconstruction.reshape(-1, 16)
+    explained = 1 - (tokens - recon).pow(2).sum() / (tokens - tokens.mean(0)).pow(2).sum()
+    assert result.explained_variance_pct == pytest.approx(100 * float(explained), rel=1e-4)
+    assert result.avg_l0 == pytest.approx(float((acts > 0).float().sum(-1).mean()), rel=1e-6)
+    assert 0 < result.avg_l0 < 48
+    with torch.no_grad():
+        replaced = classifier.run_with_hooks(images, fwd_hooks=[(hook, lambda act, hook: sae(act))])
+    assert result.recon_ce == pytest.approx(float(F.cross_entropy(replaced, labels)), rel=1e-5)
