@@ -342,7 +342,7 @@ def test_bad_inputs_say_what_to_fix(demo):
     with pytest.raises(ConfigError, match=r"metric must return a scalar.*got shape \(6,\)"):
         circuits.feature_circuit(model, saes, images, lambda out: out[:, 0])
     for steps in (0, -1, 2.5):
-        with pytest.raises(ConfigError, match="steps must be an integer >= 1"):
+        with pytest.raises(ConfigError, match="steps must be a positive integer"):
             circuits.feature_circuit(model, saes, images, metric, steps=steps)
     with pytest.raises(ConfigError, match="pass reference_images"):
         circuits.feature_circuit(model, saes, images, metric, baseline="mean")

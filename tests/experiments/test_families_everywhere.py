@@ -112,7 +112,7 @@ def test_attribution_patching_over_transcoder_features(images):
         b, row, feature = (int(i) for i in torch.unravel_index(torch.tensor(flat), attribution.scores.shape))
         values = []
         for step in (1e-2, -1e-2):
-            def nudge(acts, hook, step=step):
+            def nudge(acts, hook, step=step, b=b, row=row, feature=feature):
                 acts = acts.clone()
                 acts[b, row, feature] += step
                 return acts

@@ -118,8 +118,14 @@ def check_encode_decode(
     assert_close_scaled(recon.detach(), ref_recon.detach(), 4 * tolerance, "reconstruction")
     ref_pre.retain_grad()
     ((ref_recon * grad_recon.double()).sum() + (chosen * grad_values.double()).sum()).backward()
-    # Each gradient is a sum of products; its rounding error scales with the sum of their absolute values.
-    pre_grad, upstream = ref_pre.grad.abs(), grad_recon.double().abs()
+    # Each gradient is a sum of products; its rounding error scales with the sum of their absolute values. The
+    # pre-activation gradient is itself such a sum (the values' own gradient plus the decoder's), rounded to
+    # the working dtype before it multiplies W_enc, so its scale is the sum of its terms' magnitudes.
+    upstream = grad_recon.double().abs()
+    value_terms = grad_values.double().abs() + (upstream @ ref_leaves[3].detach().abs().T).gather(1, indices)
+    if apply_relu:
+        value_terms = value_terms * (values.detach() > 0)
+    pre_grad = torch.zeros(n, d_sae, dtype=torch.float64).scatter(1, indices, value_terms)
     scales = {
         "x": pre_grad @ ref_leaves[1].detach().abs().T,
         "W_enc": ref_leaves[0].detach().abs().T @ pre_grad,

@@ -123,7 +123,7 @@ def test_empty_batch_and_bad_arguments():
         encode_batch_topk(x, W_enc, b_enc, 65)
     with pytest.raises(ConfigError, match="k must be greater than 0"):
         encode_batch_topk(x, W_enc, b_enc, 0)
-    with pytest.raises(ConfigError, match="width=0"):
+    with pytest.raises(ConfigError, match="width must be a positive integer, got 0"):
         encode_batch_topk(x, W_enc, b_enc, 4, width=0)
 
 

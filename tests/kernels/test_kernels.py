@@ -156,7 +156,7 @@ def test_unknown_backend_and_bad_chunk_size_are_config_errors(monkeypatch):
     x, W_enc, b_enc = make_encoder_problem(2, 8, 64, torch.float32, seed=0)
     with pytest.raises(ConfigError, match="backend='cuda'"):
         encode_topk(x, W_enc, b_enc, 4, backend="cuda")
-    with pytest.raises(ConfigError, match="chunk_size=0"):
+    with pytest.raises(ConfigError, match="chunk_size must be a positive integer, got 0"):
         encode_topk(x, W_enc, b_enc, 4, backend="chunked", chunk_size=0)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ConfigError, match="needs CUDA tensors"):

@@ -203,7 +203,7 @@ def test_bad_inputs_raise_library_errors_that_say_what_to_do(tmp_path):
     _raises(ConfigError, "integer feature indices", top_activating, model, sae, images, [1.5], **run)
     _raises(ConfigError, "repeat an index", top_activating, model, sae, images, [2, 2], **run)
     for k in (0, -3, 2.5):
-        _raises(ConfigError, f"k={k} must be a positive", top_activating, model, sae, images, [1], k=k, **run)
+        _raises(ConfigError, f"k must be a positive integer, got {k}", top_activating, model, sae, images, [1], k=k, **run)
     _raises(ConfigError, "reduce='sum' is not 'max' or 'mean'", top_activating, model, sae, images, [1], reduce="sum", **run)
     _raises(InputShapeError, r"one image \[channels, height, width\].*images\[0\]", feature_heatmap, model, sae, images, 1)
     _raises(InputShapeError, "12x16 but the model expects 16x16", feature_heatmap, model, sae, images[0, :, :12], 1)

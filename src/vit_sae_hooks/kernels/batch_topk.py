@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from vit_sae_hooks.checks import finite_number
+from vit_sae_hooks.checks import finite_number, positive_int
 from vit_sae_hooks.errors import ConfigError
 
 __all__ = ["batch_topk_count", "encode_batch_topk", "smallest_kept"]
@@ -69,8 +69,8 @@ def encode_batch_topk(
     d_sae = W_enc.shape[1]
     if k > d_sae:
         raise ConfigError(f"k={k} is more than d_sae={d_sae}; a batch top-k keeps at most every latent of every token.")
-    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
-        raise ConfigError(f"width={width!r} must be a positive int (candidates per token) or None.")
+    if width is not None:
+        positive_int("width", width, "Pass the candidates per token, or None.")
     leading = x.shape[:-1]
     flat = x.reshape(-1, x.shape[-1])
     n = flat.shape[0]

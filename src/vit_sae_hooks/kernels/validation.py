@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from vit_sae_hooks.checks import positive_int
 from vit_sae_hooks.errors import ConfigError, InputShapeError
 
 
@@ -70,5 +71,5 @@ def check_decode_inputs(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: T
 
 def check_chunk_size(chunk_size: int | None) -> None:
     """Raise ``ConfigError`` unless ``chunk_size`` is ``None`` or a positive int."""
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ConfigError(f"chunk_size={chunk_size!r} must be a positive int (latents per chunk) or None.")
+    if chunk_size is not None:
+        positive_int("chunk_size", chunk_size, "Pass the latents per chunk, or None.")

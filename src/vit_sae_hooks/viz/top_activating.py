@@ -13,6 +13,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from vit_sae_hooks.checks import positive_int
 from vit_sae_hooks.data.batches import image_batches, limited_batches
 from vit_sae_hooks.errors import ConfigError, DataError, InputShapeError
 from vit_sae_hooks.viz.heatmap import FeatureSpec, feature_ids, patch_grid_size, patch_maps, token_activations
@@ -199,8 +200,7 @@ def top_activating(
         >>> top = top_activating(model, sae, "imagenet/val", features=[3, 17], k=16, limit=5000)
     """
     ids = feature_ids(features, sae)
-    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-        raise ConfigError(f"k={k!r} must be a positive whole number of images to keep per feature")
+    positive_int("k", k, "Pass the number of images to keep per feature.")
     if reduce not in ("max", "mean"):
         raise ConfigError(f"reduce={reduce!r} is not 'max' or 'mean'")
     device, dtype = model_device(model, sae)
