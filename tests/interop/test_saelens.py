@@ -201,3 +201,66 @@ def test_a_saelens_transcoder_object_is_converted_not_spliced():
     model = HookedViT(HookedViTConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=12, image_size=8, patch_size=4))
     with pytest.raises(ConfigError, match=r"SAE\.from_saelens"):
         model.add_sae(tc)
+
+
+@pytest.mark.parametrize("name", ["batchtopk", "matryoshka", "gated"])
+@pytest.mark.parametrize("normalization", ["layer_norm", "constant_norm_rescale", "scaling_factor"])
+def test_new_families_with_every_normalisation_load_in_saelens_with_the_same_outputs(tmp_path, name, normalization):
+    ours = _random(SAE(SAEConfig(d_in=16, d_sae=48, hook_name=HOOK, normalize_activations=normalization,
+                                 **NORMALISATIONS[normalization], **FAMILIES[name])), seed=3)
+    if hasattr(ours, "threshold") and not isinstance(ours.threshold, torch.nn.Parameter):
+        ours.threshold.fill_(0.4)
+    ours.save(tmp_path)
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path))
+    _same_features(ours, theirs, _inputs())
+    with torch.no_grad():
+        torch.testing.assert_close(SAE.from_saelens(theirs)(_inputs()), ours(_inputs()), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("normalization", ["layer_norm", "constant_norm_rescale"])
+def test_a_normalised_relu_transcoder_is_refused_unless_accepted(tmp_path, normalization):
+    # SAELens's transcoders never de-normalise their prediction, so it would read this one differently.
+    ours = _random(SAE(SAEConfig(d_in=16, d_sae=48, hook_name=HOOK, normalize_activations=normalization,
+                                 **FAMILIES["transcoder"])), seed=3)
+    with pytest.raises(ConfigError, match="de-normalises its prediction, which SAELens's transcoders do not"):
+        ours.save(tmp_path / "refused")
+    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())
+    ours.save(tmp_path / "lossy", allow_lossy=True)
+    assert sae_lens.SAE.load_from_disk(str(tmp_path / "lossy")).cfg.d_out == 12
+
+
+def test_add_sae_and_the_saes_context_take_a_saelens_sae():
+    torch.manual_seed(0)
+    model = HookedViT(HookedViTConfig(n_layers=3, d_model=16, n_heads=4, d_mlp=32, image_size=16, patch_size=8)).eval()
+    images = torch.randn(2, 3, 16, 16)
+    ours = _random(SAE(SAEConfig(d_in=16, d_sae=48, architecture="topk", k=5, hook_name=HOOK)), seed=6)
+    theirs = ours.to_saelens()
+    with torch.no_grad():
+        expected = model.run_with_saes(images, saes=[ours])
+        model.add_sae(theirs)
+        assert model.acts_to_saes[HOOK] is theirs
+        torch.testing.assert_close(model(images), expected, atol=1e-5, rtol=0)
+        model.reset_saes()
+        with model.saes([theirs]):
+            torch.testing.assert_close(model(images), expected, atol=1e-5, rtol=0)
+    assert not model.acts_to_saes
+
+
+def test_a_circuit_through_saelens_saes_equals_one_through_ours():
+    from vit_sae_hooks.experiments import circuits
+
+    torch.manual_seed(0)
+    model = HookedViT(HookedViTConfig(n_layers=3, d_model=16, n_heads=4, d_mlp=32, image_size=16, patch_size=8,
+                                      head_type="linear", d_output=4)).eval()
+    images = torch.randn(3, 3, 16, 16)
+    ours = [_random(SAE(SAEConfig(d_in=16, d_sae=32, architecture="topk", k=4, hook_name=f"blocks.{layer}.hook_resid_post")),
+                    seed=layer) for layer in range(2)]
+
+    def metric(out):
+        return out[:, 1].mean()
+
+    expected = circuits.feature_circuit(model, ours, images, metric, steps=8, top_nodes=4)
+    found = circuits.feature_circuit(model, [sae.to_saelens() for sae in ours], images, metric, steps=8, top_nodes=4)
+    for hook in expected.hooks:
+        torch.testing.assert_close(found.node_attributions(hook), expected.node_attributions(hook), atol=1e-5, rtol=1e-4)
+    assert [n.name for n in found.nodes] == [n.name for n in expected.nodes]
