@@ -148,6 +148,26 @@ def test_head_patching_matches_the_naive_loop(model, pair):
     assert torch.allclose(patching.resid(model, *pair, metric)[0], patching.per_position(model, *pair, metric)[0])
 
 
+@pytest.mark.parametrize("act", ["q", "k", "v", "pattern"])
+def test_head_patching_of_queries_keys_values_and_patterns_matches_the_naive_loop(model, pair, act):
+    effects = patching.heads(model, *pair, metric, act=act, layers=[1, 2])
+    assert effects.shape == (2, 4)
+    # Patterns are [batch, head, query, key]; queries, keys and values [batch, pos, head, d_head].
+    index = (slice(None), 2) if act == "pattern" else (slice(None), slice(None), 2)
+    naive = _naive_patch(model, *pair, f"blocks.1.attn.hook_{act}", index)
+    torch.testing.assert_close(effects[0, 2], naive, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(effects, effects[0, 0].expand_as(effects))
+
+
+@pytest.mark.parametrize("act", patching.PER_HEAD_POSITION_ACTS)
+def test_head_by_position_patching_matches_the_naive_loop(model, pair, act):
+    effects = patching.heads_by_position(model, *pair, metric, act=act, layers=[2])
+    assert effects.shape == (1, N_POS, 4)
+    for position, head in [(0, 1), (7, 3)]:
+        naive = _naive_patch(model, *pair, f"blocks.2.attn.hook_{act}", (slice(None), position, head))
+        torch.testing.assert_close(effects[0, position, head], naive, atol=1e-5, rtol=1e-5)
+
+
 def test_patching_full_clean_run_recovers_the_clean_metric(model, pair):
     # Patching every position of resid_pre at layer 0 is the clean run.
     all_positions = patching.per_position(model, pair[0], pair[0], metric)
