@@ -59,3 +59,28 @@ def test_run_every_hook_turns_the_fast_paths_off(model):
     with run_every_hook():
         assert has_hooks(model.blocks[0].attn.hook_pattern)
     assert not has_hooks(model.blocks[0].attn.hook_pattern)
+
+
+def test_nnsight_reads_every_hook_point_as_the_cache_does(model):
+    images = torch.randn(2, 3, 16, 16)
+    model.add_sae(SAE(SAEConfig(d_in=32, d_sae=64, architecture="topk", k=4, hook_name="blocks.1.hook_resid_mid")),
+                  use_error_term=True)
+    _, cache = model.run_with_cache(images)
+    names = list(cache.keys())  # in the order the forward pass computes them, as nnsight needs them
+    assert set(names) == set(model.hook_dict) and "blocks.1.hook_resid_mid.hook_sae_error" in names
+    # nnsight sees a HookPoint's output before its forward hooks (the splice among them) run, so the spliced
+    # hook comes before the SAE's own hooks; with the error term its value is the same.
+    names.remove("blocks.1.hook_resid_mid")
+    names.insert(names.index("blocks.1.hook_resid_mid.hook_sae_input"), "blocks.1.hook_resid_mid")
+    wrapped = nnsight.NNsight(model)
+    saved = {}
+    with wrapped.trace(images):
+        for name in names:
+            envoy = wrapped
+            for part in name.split("."):
+                envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
+            saved[name] = envoy.output.save()
+    for name in names:
+        torch.testing.assert_close(saved[name], cache[name], atol=1e-5, rtol=1e-5,
+                                   msg=lambda message, name=name: f"{name}: {message}")
+    model.reset_saes()
