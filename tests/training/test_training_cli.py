@@ -133,3 +133,30 @@ def test_one_command_trains_several_saes_and_transcoders_from_one_pass(assets, t
     assert "| m[:8] |" in printed and "| m[:24] |" in printed
     assert vit_sae([*matryoshka[:-2], "--out", str(tmp_path / "n"), "--prefixes", "24,8"]) == 2
     assert "strictly increasing" in capsys.readouterr().err
+
+
+def test_every_train_config_field_is_an_option_with_help_that_round_trips():
+    import argparse
+    import dataclasses
+
+    from vit_sae_hooks.cli_support import configs_from_args
+    from vit_sae_hooks.training import TrainConfig
+    from vit_sae_hooks.training.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    train = parser._subparsers._group_actions[0].choices["train"]
+    options = {action.dest: action for action in train._actions}
+    from_hooks = {"hook_name", "hook_name_out"}  # given by --hook / --hook-out
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in from_hooks:
+            continue
+        assert field.name in options, f"TrainConfig.{field.name} has no vit-sae train option"
+        assert options[field.name].help and options[field.name].help.strip(), field.name
+    argv = ["train", "--model", "m", "--images", "i", "--out", "o", "--hook", "blocks.0.hook_resid_post",
+            "--k-aux", "128", "--grad-clip", "0.5", "--jumprelu-bandwidth", "0.01", "--expansion-factor", "4,8"]
+    args = parser.parse_args(argv)
+    configs = configs_from_args(TrainConfig, args, hook_name="blocks.0.hook_resid_post")
+    assert [config.expansion_factor for config in configs] == [4, 8]
+    assert all(config.k_aux == 128 and config.grad_clip == 0.5 and config.jumprelu_bandwidth == 0.01
+               for config in configs)
