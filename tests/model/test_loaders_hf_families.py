@@ -127,6 +127,32 @@ def test_every_block_and_the_output_match_transformers(name, saved):
         torch.testing.assert_close(output, expected, atol=TOLERANCE, rtol=0)
 
 
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_tokens_and_pooled_outputs_match_transformers(name, saved):
+    # return_type="tokens" is the final-normalised sequence (last_hidden_state), "pooled" the tower's pooled
+    # vector before any projection (pooler_output), at every tested size.
+    hf_model, folder = saved[name]
+    model = HookedViT.from_pretrained(folder)
+    tower = getattr(hf_model, "vision_model", hf_model)
+    for height, width in FAMILIES[name][2]:
+        images = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(height + width))
+        with torch.no_grad():
+            if name.startswith("siglip2"):
+                pixel_values, mask, shapes = naflex(images, hf_model.config.patch_size)
+                expected = hf_model(pixel_values=pixel_values, pixel_attention_mask=mask, spatial_shapes=shapes)
+            else:
+                expected = tower(pixel_values=images)
+            tokens, pooled = model(images, return_type="tokens"), model(images, return_type="pooled")
+        final = expected.last_hidden_state
+        if name.startswith("metaclip2"):
+            # CLIP-style towers norm only the pooled CLS (last_hidden_state is the last block's raw output, checked
+            # above); the final-normalised sequence is post_layernorm of it.
+            with torch.no_grad():
+                final = tower.post_layernorm(final)
+        torch.testing.assert_close(tokens, final, atol=TOLERANCE, rtol=0)
+        torch.testing.assert_close(pooled, expected.pooler_output, atol=TOLERANCE, rtol=0)
+
+
 def test_siglip2_takes_the_processors_naflex_inputs_and_padding_changes_nothing(saved):
     hf_model, folder = saved["siglip2_naflex"]
     model = HookedViT.from_pretrained(folder)
