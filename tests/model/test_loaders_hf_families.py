@@ -192,7 +192,8 @@ def test_padding_belongs_to_no_token_set_and_is_never_spliced(saved):
     assert not torch.equal(spliced["blocks.0.hook_resid_post"][~padding], cache["blocks.0.hook_resid_post"][~padding])
 
 
-@pytest.mark.parametrize("name", ["dinov3_gated_registers", "aimv2_model", "siglip2_naflex", "metaclip2_projection"])
+@pytest.mark.parametrize("name", ["dinov3_gated_registers", "dinov3_plain", "aimv2_model", "aimv2_native",
+                                  "siglip2_naflex", "metaclip2_projection"])
 def test_every_hook_fires_once_and_every_edit_changes_the_output(name, saved):
     model = HookedViT.from_pretrained(saved[name][1])
     height, width = FAMILIES[name][2][0]

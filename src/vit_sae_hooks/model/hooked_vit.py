@@ -339,7 +339,12 @@ class HookedViT(HookedRootModule):
         # and a table per space-time token (ViViT) is not resampled at all.
         resizable = cfg.positional_embedding_type != "standard"
         if cfg.is_video and not resizable and not cfg.time_embedding:
-            raise InputShapeError(f"frames are {height}x{width} but {cfg.model_name} reads exactly {expected}; resize them")
+            raise InputShapeError(
+                f"frames are {height}x{width} but {cfg.model_name} reads exactly {expected}; resize them. Its learned "
+                "position table has one row per space-time token; transformers' ViViT resampling treats that whole "
+                "table as one square image grid, which is only defined for a single time position, so it is not "
+                "reproduced here"
+            )
         interpolate = cfg.interpolate_pos_embed if interpolate_pos_encoding is None else interpolate_pos_encoding
         interpolate = interpolate or resizable
         if not interpolate:
