@@ -116,6 +116,29 @@ def test_tokens_override_and_zero_ablation_of_all_tokens(classifier, batch):
     assert everything.settings["zero_ablation"] == "all"
 
 
+def test_a_per_image_token_mask_is_split_over_batches_and_scored_by_hand(classifier, batch):
+    # Each image's own tokens (a [n_images, pos] mask), evaluated in batches of 3: the metrics cover exactly
+    # the masked rows, and the spliced model is the one the mask splices.
+    images, labels = batch
+    hook_name = "blocks.1.hook_resid_post"
+    sae = random_sae(16, hook_name, architecture="topk", k=4)
+    mask = torch.zeros(7, 5, dtype=torch.bool)
+    mask[:, 0] = True
+    mask[torch.arange(7), 1 + torch.arange(7) % 4] = True
+    result = evaluate(classifier, sae, images, labels=labels, tokens=mask, batch_size=3, progress=False)
+    with torch.no_grad():
+        _, cache = classifier.run_with_cache(images, names_filter=[hook_name])
+        x = cache[hook_name][mask].double()
+        x_hat = sae(x.float()).double()
+        spliced = classifier.run_with_saes(images, saes=[sae], tokens=mask)
+    assert result.n_tokens == 14 and result.tokens == "mask [7, 5]"
+    expected_ev = 100 * (1 - (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
+    assert result.explained_variance_pct == pytest.approx(expected_ev, rel=1e-4)
+    assert result.recon_ce == pytest.approx(F.cross_entropy(spliced.double(), labels).item(), rel=1e-5)
+    with pytest.raises(InputShapeError, match="the token mask has 5 rows but the data has more images"):
+        evaluate(classifier, sae, images, labels=labels, tokens=mask[:5], batch_size=3, progress=False)
+
+
 def test_reconstruction_only_run_stops_at_the_hook(classifier, batch):
     images, _ = batch
     result = evaluate(classifier, identity_sae(16, "blocks.0.hook_resid_post"), images, downstream=False, progress=False)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from vit_sae_hooks.data.batches import image_batches, limited_batches
-from vit_sae_hooks.errors import ConfigError, DataError
+from vit_sae_hooks.errors import ConfigError, DataError, InputShapeError
 from vit_sae_hooks.evals.heads import head_for
 from vit_sae_hooks.evals.metrics import DownstreamStats, ReconstructionStats
 from vit_sae_hooks.hook_names import block_input, hook_layer, stop_layer
@@ -237,6 +237,24 @@ def _encode(sae: SAE, rows: Float[Tensor, "n d_in"]) -> tuple[Tensor, Any]:
     return sae.decode(acts, stats), acts != 0
 
 
+def _batch_tokens(tokens: TokenSpec, first: int, batch: int) -> TokenSpec:
+    """The token spec for images ``first .. first + batch``: a per-image mask's rows, anything else as it is."""
+    if not (isinstance(tokens, Tensor) and tokens.dtype == torch.bool and tokens.ndim == 2):
+        return tokens
+    if tokens.shape[0] < first + batch:
+        raise InputShapeError(
+            f"the token mask has {tokens.shape[0]} rows but the data has more images (at least {first + batch}); pass "
+            "one [pos] row per image, in the data's order (or a [pos] mask for all of them)"
+        )
+    return tokens[first : first + batch]
+
+
+def _describe_tokens(tokens: TokenSpec) -> str:
+    if isinstance(tokens, Tensor) and tokens.dtype == torch.bool:
+        return f"mask {list(tokens.shape)}"
+    return str(list(tokens))
+
+
 def evaluate(
     model: HookedViT,
     sae: SAE,
@@ -302,6 +320,8 @@ def evaluate(
     if zero_ablation not in ("tokens", "all"):
         raise ConfigError(f"zero_ablation={zero_ablation!r} is not 'tokens' or 'all'")
     tokens = sae.token_set if tokens is None else tokens
+    # A [n_images, pos] mask picks tokens per image: each batch takes its own rows.
+    per_image_mask = isinstance(tokens, Tensor) and tokens.dtype == torch.bool and tokens.ndim == 2
     head = head_for(model, head, use_logit_scale) if downstream else None
     if head is not None:
         head = head.to(device)
@@ -337,10 +357,11 @@ def evaluate(
                     images, names_filter=cached, return_cache_object=False, stop_at_layer=stop
                 )
                 activation, target = cache[hook_name], cache[target_name]
-                if selection is None or model.token_layout.valid is not None:
-                    selection = _HookRows(model, sae, hook_name, activation, tokens)
+                batch_tokens = _batch_tokens(tokens, seen, batch)
+                if selection is None or per_image_mask or model.token_layout.valid is not None:
+                    selection = _HookRows(model, sae, hook_name, activation, batch_tokens)
                     target_selection = selection if target_name == hook_name else _HookRows(
-                        model, sae, target_name, target, tokens, width=sae.d_out
+                        model, sae, target_name, target, batch_tokens, width=sae.d_out
                     )
                 x, is_cls, image_index = selection.rows(activation)
                 y = x if target_selection is selection else target_selection.rows(target)[0]
@@ -381,7 +402,7 @@ def evaluate(
         results[width] = EvalResult(
             metrics=metrics, model_name=str(model.cfg.model_name),
             hook_name=hook_name if target_name == hook_name else f"{hook_name} -> {target_name}",
-            tokens=tokens if isinstance(tokens, str) else str(list(tokens)), n_images=seen,
+            tokens=tokens if isinstance(tokens, str) else _describe_tokens(tokens), n_images=seen,
             n_tokens=reconstruction[width].n_tokens,
             sae_name=sae_name if width is None else f"{sae_name or 'sae'}[:{width}]",
             settings={"zero_ablation": zero_ablation, "use_logit_scale": use_logit_scale,
