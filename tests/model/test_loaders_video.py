@@ -187,8 +187,7 @@ def test_clips_of_the_wrong_shape_say_what_the_model_reads(saved):
     # Other frame sizes: transformers' own ViViT resampling reshapes the whole space-time table as one square
     # grid, which fails with more than one time position; the refusal says so instead of inventing positions.
     hf_model = saved["vivit"][0]
-    with pytest.raises(RuntimeError):
-        with torch.no_grad():
-            hf_model(pixel_values=torch.randn(1, 4, 3, 48, 48), interpolate_pos_encoding=True)
+    with pytest.raises(RuntimeError), torch.no_grad():
+        hf_model(pixel_values=torch.randn(1, 4, 3, 48, 48), interpolate_pos_encoding=True)
     with pytest.raises(InputShapeError, match=r"frames are 48x48 .* resize them.*single time position"):
         model(torch.randn(1, 4, 3, 48, 48), interpolate_pos_encoding=True)
