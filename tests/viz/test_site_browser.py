@@ -62,6 +62,21 @@ def _check_clean(browser: Browser, site_folder: Path, first_request: int = 0) ->
     assert requests and all(url.startswith(inside) for url in requests), [u for u in requests if not u.startswith(inside)]
 
 
+def _feature_record(folder: Path, feature: int) -> dict:
+    for path in sorted((folder / "data" / "features").glob("*.js")):
+        for record in read_data(folder, f"features/{path.stem}")["features"]:
+            if record["id"] == feature:
+                return record
+    raise AssertionError(f"feature {feature} is not in the site's data")
+
+
+def _all_acts(model, sae, root) -> torch.Tensor:
+    folder = ImageFolder(root, transform=shapes.preprocess())
+    images = torch.stack([folder[i][0] for i in range(len(folder))])
+    _, cache = model.run_with_cache(images, names_filter=[sae.hook_name])
+    return sae.encode(cache[sae.hook_name]).detach()
+
+
 def test_feature_view_shows_the_top_images_in_order(shapes_site, browser, tmp_path):
     site, root, model, sae = shapes_site
     first_request = len(browser.requests())
@@ -83,6 +98,17 @@ def test_feature_view_shows_the_top_images_in_order(shapes_site, browser, tmp_pa
         classes = _dom(browser, ".class-bars .hbar", "node.dataset.class")
         assert sorted(classes) == sorted({name.split("/")[0] for name in expected})
         assert len(_dom(browser, ".similar a")) == 8
+        # The activation histogram has a bar per bin of the feature's data, and the CLS-versus-patch table the
+        # share of each kind's tokens it fires on, recomputed here from the encoded activations.
+        record = _feature_record(site.folder, feature)
+        assert len(_dom(browser, "svg.chart rect.bar")) == len(record["histogram"][1])
+        kinds = dict(zip(_dom(browser, ".plain tr[data-kind]", "node.dataset.kind"),
+                         _dom(browser, ".plain tr[data-kind] td:nth-child(2)"), strict=True))
+        assert set(kinds) == {"cls", "patch"}
+        acts = _all_acts(model, sae, root)[..., feature]
+        for kind, positions in (("cls", slice(0, 1)), ("patch", slice(1, None))):
+            share = 100 * float((acts[:, positions] > 0).float().mean())
+            assert float(kinds[kind].rstrip("%")) == pytest.approx(share, rel=2e-3, abs=1e-9), (feature, kind)
     browser.screenshot(tmp_path / "feature.png")
     _open(browser, site.folder, "#feature=5000")
     assert browser.evaluate("document.querySelector('.error').textContent") == (
@@ -136,6 +162,13 @@ def test_index_sorts_searches_and_lists_dead_features(shapes_site, browser):
     rows = _dom(browser, ".vrow", "Number(node.dataset.feature)")
     assert rows == sorted(ring, key=lambda f: (-summary["max"][f], f))[: len(rows)] and rows
     assert browser.evaluate("document.getElementById('match-count').textContent") == f"{len(ring)} of {len(live)} live features"
+    # Searching by id keeps the features whose id starts with what is typed.
+    browser.evaluate("{ const box = document.querySelector('.controls input'); box.value = '4'; "
+                     "box.dispatchEvent(new Event('input')); }")
+    by_id = [f for f in live if str(f).startswith("4")]
+    rows = _dom(browser, ".vrow", "Number(node.dataset.feature)")
+    assert rows == sorted(by_id, key=lambda f: (-summary["max"][f], f))[: len(rows)] and rows
+    assert browser.evaluate("document.getElementById('match-count').textContent") == f"{len(by_id)} of {len(live)} live features"
     # Dead features are listed apart, consecutive ids as one range.
     dead = [f for f, frequency in enumerate(summary["image_frequency"]) if frequency == 0]
     ranges = []
