@@ -111,12 +111,17 @@ def test_what_saelens_cannot_represent_is_refused_unless_accepted(tmp_path):
         torch.testing.assert_close(reloaded.encode(x), ours.encode(x))
 
 
-def test_a_saelens_sae_splices_into_a_hooked_vit_as_it_is():
+def _model_images_and_topk_pair():
+    """A tiny model, two images, and a TopK SAE at HOOK as this library's object and as SAELens's."""
     torch.manual_seed(0)
     model = HookedViT(HookedViTConfig(n_layers=3, d_model=16, n_heads=4, d_mlp=32, image_size=16, patch_size=8)).eval()
     images = torch.randn(2, 3, 16, 16)
     ours = _random(SAE(SAEConfig(d_in=16, d_sae=48, architecture="topk", k=5, hook_name=HOOK)), seed=6)
-    theirs = ours.to_saelens()
+    return model, images, ours, ours.to_saelens()
+
+
+def test_a_saelens_sae_splices_into_a_hooked_vit_as_it_is():
+    model, images, ours, theirs = _model_images_and_topk_pair()
     clean = model(images)
     with torch.no_grad():
         spliced_theirs = model.run_with_saes(images, saes=[theirs])
@@ -230,11 +235,7 @@ def test_a_normalised_relu_transcoder_is_refused_unless_accepted(tmp_path, norma
 
 
 def test_add_sae_and_the_saes_context_take_a_saelens_sae():
-    torch.manual_seed(0)
-    model = HookedViT(HookedViTConfig(n_layers=3, d_model=16, n_heads=4, d_mlp=32, image_size=16, patch_size=8)).eval()
-    images = torch.randn(2, 3, 16, 16)
-    ours = _random(SAE(SAEConfig(d_in=16, d_sae=48, architecture="topk", k=5, hook_name=HOOK)), seed=6)
-    theirs = ours.to_saelens()
+    model, images, ours, theirs = _model_images_and_topk_pair()
     with torch.no_grad():
         expected = model.run_with_saes(images, saes=[ours])
         model.add_sae(theirs)

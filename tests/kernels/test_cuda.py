@@ -29,6 +29,7 @@ from vit_sae_hooks import SAE, HookedViT, HookedViTConfig, SAEConfig, kernels
 from vit_sae_hooks.experiments import ablate_features, patching
 from vit_sae_hooks.kernels import (
     decode_topk,
+    encode_batch_topk,
     encode_topk,
     resolved_backend,
     use_backend,
@@ -41,6 +42,8 @@ from helpers.kernel_reference import (
     assert_topk_matches,
     check_encode_decode,
     error_scale,
+    make_encoder_problem,
+    reference_pre,
 )
 
 HAS_CUDA = torch.cuda.is_available()
@@ -510,3 +513,27 @@ def test_torchrun_train_command_uses_the_local_gpu(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "% Explained var." in done.stdout
     assert SAE.load(tmp_path / "run").d_sae == 96
+
+
+@on_cuda
+@pytest.mark.parametrize("backend", ["torch", "chunked", "triton"])
+@pytest.mark.parametrize("apply_relu", [True, False])
+def test_batch_topk_on_cuda_keeps_the_batchs_largest_as_float64_does(backend, apply_relu):
+    _skip_unless_backend_runs(backend)
+    n, d_sae, k = 512, 4096, 32
+    x, W_enc, b_enc = make_encoder_problem(n, 64, d_sae, torch.float32, seed=5)
+    leaves = [t.cuda().requires_grad_(True) for t in (x, W_enc, b_enc)]
+    values, indices = encode_batch_topk(*leaves, k, apply_relu, backend=backend)
+    dense = torch.zeros(n, d_sae, dtype=torch.float64).scatter_add(-1, indices.cpu(), values.detach().cpu().double())
+    pre = reference_pre(x, W_enc, b_enc)
+    scores = pre.relu() if apply_relu else pre
+    total = k * n
+    atol = CUDA_TOLERANCE[torch.float32] * error_scale(x, W_enc, b_enc)
+    ours = dense.flatten().sort(descending=True).values[:total]
+    torch.testing.assert_close(ours, scores.flatten().sort(descending=True).values[:total], atol=atol, rtol=0)
+    kept = dense != 0
+    torch.testing.assert_close(dense[kept], scores[kept], atol=atol, rtol=0)
+    values.sum().backward()  # d/d b_enc of the kept values: how many tokens keep each latent
+    expected = (kept & (dense > 0) if apply_relu else kept).sum(0).double()
+    torch.testing.assert_close(leaves[2].grad.cpu().double(), expected, atol=1e-3, rtol=0)
+
