@@ -192,6 +192,46 @@ def test_padding_belongs_to_no_token_set_and_is_never_spliced(saved):
     assert not torch.equal(spliced["blocks.0.hook_resid_post"][~padding], cache["blocks.0.hook_resid_post"][~padding])
 
 
+def test_evaluate_reads_padded_naflex_batches_and_counts_only_real_tokens(saved):
+    # Two images of different shapes padded into one NaFlex batch score exactly as the two images alone, as
+    # plain images: the padding is neither spliced nor counted. Cross-entropies go through a 3-class head.
+    import torch.nn.functional as F
+
+    from vit_sae_hooks.data.batches import limited_batches
+    from vit_sae_hooks.errors import DataError
+    from vit_sae_hooks.evals import evaluate
+    from vit_sae_hooks.evals.heads import ZeroShotHead
+
+    _, folder = saved["siglip2_naflex"]
+    model = HookedViT.from_pretrained(folder)
+    hook = "blocks.0.hook_resid_post"
+    torch.manual_seed(3)
+    sae = SAE(SAEConfig(d_in=32, d_sae=64, architecture="topk", k=4, hook_name=hook))
+    head = ZeroShotHead(torch.randn(3, model.cfg.d_out, generator=torch.Generator().manual_seed(4)))
+    square, tall = torch.randn(1, 3, 16, 16), torch.randn(1, 3, 32, 12)  # 16 and 24 patches
+    parts = [naflex(images, 4, max_patches=30) for images in (square, tall)]
+    pixel_values, mask, shapes = (torch.cat(part) for part in zip(*parts, strict=True))
+    labels = torch.tensor([0, 2])
+    batch = {"pixel_values": pixel_values, "pixel_attention_mask": mask, "spatial_shapes": shapes, "labels": labels}
+    result = evaluate(model, sae, [batch], head=head, progress=False)
+    xs, clean, spliced = [], [], []
+    with torch.no_grad():
+        for image in (square, tall):
+            output, cache = model.run_with_cache(image, names_filter=[hook])
+            xs.append(cache[hook][0])
+            clean.append(output)
+            spliced.append(model.run_with_saes(image, saes=[sae]))
+        x = torch.cat(xs).double()
+        x_hat = sae(x.float()).double()
+    assert result.n_tokens == 16 + 24 and result.n_images == 2
+    expected_ev = 100 * (1 - (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
+    assert result.explained_variance_pct == pytest.approx(expected_ev, rel=1e-4)
+    assert result.ce == pytest.approx(F.cross_entropy(head(torch.cat(clean)), labels).item(), rel=1e-5)
+    assert result.recon_ce == pytest.approx(F.cross_entropy(head(torch.cat(spliced)), labels).item(), rel=1e-5)
+    with pytest.raises(DataError, match="NaFlex inputs"):
+        list(limited_batches([batch], None))
+
+
 @pytest.mark.parametrize("name", ["dinov3_gated_registers", "dinov3_plain", "aimv2_model", "aimv2_native",
                                   "siglip2_naflex", "metaclip2_projection"])
 def test_every_hook_fires_once_and_every_edit_changes_the_output(name, saved):

@@ -76,21 +76,46 @@ def as_images_and_labels(item: Any) -> tuple[Tensor, Tensor | None]:
     )
 
 
-def limited_batches(batches: Iterable, limit: int | None) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """``(images, labels or None)`` for each batch, cut so that at most ``limit`` images come out in all.
+# Forward keywords a batch may carry besides its pixels: SigLIP 2's NaFlex inputs, as its processor returns them.
+MODEL_INPUTS = ("pixel_attention_mask", "spatial_shapes")
+
+
+def model_batches(batches: Iterable, limit: int | None) -> Iterator[tuple[Tensor, Tensor | None, dict[str, Tensor]]]:
+    """``(images, labels or None, forward keywords)`` for each batch, cut so that at most ``limit`` images come out.
+
+    A dict batch may carry SigLIP 2's NaFlex inputs next to ``pixel_values`` (``pixel_attention_mask``,
+    ``spatial_shapes``: what ``Siglip2ImageProcessor`` returns); they come back as the forward keywords.
 
     Example:
-        >>> for images, labels in limited_batches(loader, limit=1000): ...
+        >>> for images, labels, inputs in model_batches(loader, limit=1000): model(images, **inputs)
     """
     seen = 0
     for item in batches:
         images, labels = as_images_and_labels(item)
+        inputs = {name: item[name] for name in MODEL_INPUTS if isinstance(item, Mapping) and item.get(name) is not None}
         if limit is not None:
             images = images[: limit - seen]
             labels = None if labels is None else labels[: images.shape[0]]
+            inputs = {name: value[: images.shape[0]] for name, value in inputs.items()}
         if images.shape[0] == 0:
             return
-        yield images, labels
+        yield images, labels, inputs
         seen += images.shape[0]
         if limit is not None and seen >= limit:
             return
+
+
+def limited_batches(batches: Iterable, limit: int | None) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """``(images, labels or None)`` for each batch, cut so that at most ``limit`` images come out in all (for
+    code that runs the model on plain images only; NaFlex batches are refused, see :func:`model_batches`).
+
+    Example:
+        >>> for images, labels in limited_batches(loader, limit=1000): ...
+    """
+    for images, labels, inputs in model_batches(batches, limit):
+        if inputs:
+            raise DataError(
+                f"this batch carries {sorted(inputs)} (SigLIP 2 NaFlex inputs), which this function does not pass to "
+                "the model; give it plain images [batch, 3, H, W] (evaluate takes NaFlex batches)"
+            )
+        yield images, labels

@@ -19,7 +19,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from vit_sae_hooks.data.batches import image_batches, limited_batches
+from vit_sae_hooks.data.batches import image_batches, model_batches
 from vit_sae_hooks.errors import ConfigError, DataError, InputShapeError
 from vit_sae_hooks.evals.heads import head_for
 from vit_sae_hooks.evals.metrics import DownstreamStats, ReconstructionStats
@@ -276,7 +276,9 @@ def evaluate(
 
     Args:
         data: preprocessed images ``[n, 3, H, W]`` (with ``labels``), an image folder (preprocessed with
-            :func:`~vit_sae_hooks.data.preprocess_for`), a dataset, or a loader of ``(images, labels)``.
+            :func:`~vit_sae_hooks.data.preprocess_for`), a dataset, or a loader of ``(images, labels)``; for
+            SigLIP 2, batches may be dicts of NaFlex inputs (``pixel_values``, ``pixel_attention_mask``,
+            ``spatial_shapes``, ``labels``), whose padding is never spliced nor counted.
         head: class logits for the cross-entropies: None (the model's own classifier head if it has one),
             ``"model"``, ``"zero-shot:FILE"`` (a saved :class:`ZeroShotHead`), or a module.
         tokens: the token set the metrics and the splice cover (default: the SAE's ``token_set``).
@@ -349,12 +351,13 @@ def evaluate(
     sae.eval()
     try:
         with torch.inference_mode():
-            for batch_images, batch_labels in limited_batches(batches, limit):
+            for batch_images, batch_labels, inputs in model_batches(batches, limit):
                 images = batch_images.to(device=device, dtype=dtype)
+                inputs = {name: value.to(device) for name, value in inputs.items()}
                 batch = images.shape[0]
                 stop = stop_layer(target_name) if not downstream and layer is not None else None
                 output, cache = model.run_with_cache(
-                    images, names_filter=cached, return_cache_object=False, stop_at_layer=stop
+                    images, names_filter=cached, return_cache_object=False, stop_at_layer=stop, **inputs
                 )
                 activation, target = cache[hook_name], cache[target_name]
                 batch_tokens = _batch_tokens(tokens, seen, batch)
@@ -368,9 +371,9 @@ def evaluate(
                 if downstream:
                     start = cache[resid_name] if layer is not None else images
 
-                    def run(hook_fn, start=start):
+                    def run(hook_fn, start=start, inputs=inputs):
                         with model.hooks(fwd_hooks=[(target_name, hook_fn)]):
-                            return model(start, start_at_layer=layer)
+                            return model(start, start_at_layer=layer, **inputs)
 
                     output_zero = run(target_selection.writer(None, all_tokens=zero_ablation == "all"))
                     logits = logits_zero = None
