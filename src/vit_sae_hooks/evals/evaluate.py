@@ -351,9 +351,9 @@ def evaluate(
     sae.eval()
     try:
         with torch.inference_mode():
-            for batch_images, batch_labels, inputs in model_batches(batches, limit):
+            for batch_images, batch_labels, batch_inputs in model_batches(batches, limit):
                 images = batch_images.to(device=device, dtype=dtype)
-                inputs = {name: value.to(device) for name, value in inputs.items()}
+                inputs = {name: value.to(device) for name, value in batch_inputs.items()}
                 batch = images.shape[0]
                 stop = stop_layer(target_name) if not downstream and layer is not None else None
                 output, cache = model.run_with_cache(
