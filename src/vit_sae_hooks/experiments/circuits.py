@@ -463,19 +463,19 @@ class Circuit:
     def _path_gradients(self, index: int, readouts: list[Node | None], alphas: list[float]) -> list[tuple[Tensor, Tensor]]:
         """For each readout (``None``: the metric; a Node: its ``R_d`` at the next hook), the mean over ``alphas``
         of its gradient with respect to every node value of site ``index``, each node of which is on the path
-        ``base + α (clean - base)``. Readouts and steps are batched together into forward passes."""
+        ``base + α (clean - base)``. Steps are batched into shared forward passes (up to ``max_batch`` images);
+        each readout then takes one backward pass through the shared graph."""
         site = self._sites[index]
         batch = self.images.shape[0]
         total_a = [torch.zeros_like(site.clean_acts) for _ in readouts]
         total_e = [torch.zeros_like(site.clean_error) for _ in readouts]
-        copies = [(t, alpha) for t in range(len(readouts)) for alpha in alphas]
         per_pass = max(1, self.max_batch // batch)
         downstream = self._sites[index + 1] if index + 1 < len(self._sites) and readouts[0] is not None else None
         stop = stop_layer(downstream.hook_name) if downstream is not None else None
         stop = stop if stop is not None and 0 < stop < self.model.cfg.n_layers else None
-        for first in range(0, len(copies), per_pass):
-            chunk = copies[first : first + per_pass]
-            alpha = torch.tensor([a for _, a in chunk], dtype=site.clean_acts.dtype)
+        for first in range(0, len(alphas), per_pass):
+            chunk = alphas[first : first + per_pass]
+            alpha = torch.tensor(chunk, dtype=site.clean_acts.dtype)
             acts, error = (value.detach().requires_grad_(True) for value in site.interpolate(alpha))
             overrides = {site.hook_name: _Override(acts=lambda _, acts=acts: acts, error=lambda _, error=error: error)}
             record: dict[str, Tensor] = {}
@@ -484,17 +484,18 @@ class Circuit:
             with torch.enable_grad():
                 output = self._run(self.images, overrides, site.start_layer, stop, copies=len(chunk))
                 if downstream is None:
-                    value = self._metric_of(output, len(chunk)).sum()
+                    values = [self._metric_of(output, len(chunk)).sum()]
                 else:
-                    value = sum(_readout(downstream, readouts[t], record, i, batch) for i, (t, _) in enumerate(chunk))
-                grad_a, grad_e = torch.autograd.grad(value, [acts, error], allow_unused=True)
-            grad_a = torch.zeros_like(acts) if grad_a is None else grad_a
-            grad_e = torch.zeros_like(error) if grad_e is None else grad_e
-            for i, (t, _) in enumerate(chunk):
-                total_a[t] += grad_a[i * batch : (i + 1) * batch]
-                total_e[t] += grad_e[i * batch : (i + 1) * batch]
+                    values = [sum(_readout(downstream, target, record, i, batch) for i in range(len(chunk)))
+                              for target in readouts]
+                for t, value in enumerate(values):
+                    grad_a, grad_e = torch.autograd.grad(value, [acts, error], allow_unused=True,
+                                                         retain_graph=t < len(values) - 1)
+                    if grad_a is not None:
+                        total_a[t] += grad_a.unflatten(0, (len(chunk), batch)).sum(0)
+                    if grad_e is not None:
+                        total_e[t] += grad_e.unflatten(0, (len(chunk), batch)).sum(0)
         return [(a / len(alphas), e / len(alphas)) for a, e in zip(total_a, total_e, strict=True)]
-
 
 
 def _scalar(value: Any) -> Tensor:
