@@ -98,8 +98,9 @@ def plot_circuit(circuit: Circuit, path: str | os.PathLike | None = None, images
     settings = circuit.settings
     method = "integrated gradients" if settings["method"] == "integrated_gradients" else "attribution (linear)"
     steps = f", {settings['steps']} steps" if settings["method"] == "integrated_gradients" else ""
+    tokens = ", a node per feature and token (@ model position)" if settings["positions"] == "per_token" else ""
     figure.suptitle(title or f"Feature circuit: {method}{steps}, baseline {settings['baseline']}, "
-                    f"{settings['n_images']} images (red raises the metric, blue lowers it; hatched: SAE error)",
+                    f"{settings['n_images']} images{tokens} (red raises the metric, blue lowers it; hatched: SAE error)",
                     fontsize=9)
     if path is not None:
         path = Path(path)
