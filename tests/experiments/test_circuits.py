@@ -409,3 +409,28 @@ def test_circuit_command_writes_json_and_picture_and_prints_top_paths(tmp_path, 
         assert data["metric"]["clean"] == pytest.approx(float(model(images)[:, 2].mean()), abs=1e-4)
     assert main([*argv[:-8], "--class", "hexagon", "--out", str(tmp_path / "x")]) == 2
     assert "--class 'hexagon' is not a class of this model; use one of ['circle'" in capsys.readouterr().err
+
+
+def test_a_video_circuit_is_complete_and_its_patch_nodes_are_space_time_patches(tmp_path):
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.VivitConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      image_size=32, num_frames=4, tubelet_size=[2, 8, 8])
+    transformers.VivitModel(config).save_pretrained(tmp_path)
+    model = HookedViT.from_pretrained(tmp_path).eval()
+    clips = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    reference = torch.randn(6, 4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    saes = []
+    for layer in (0, 1):
+        torch.manual_seed(layer)
+        saes.append(SAE(SAEConfig(d_in=32, d_sae=48, architecture="topk", k=4, hook_name=f"blocks.{layer}.hook_resid_post",
+                                  token_set="patches")))
+    circuit = circuits.feature_circuit(model, saes, clips, lambda out: out[:, 0].mean(), baseline="mean",
+                                       reference_images=reference, steps=32, positions="per_token", top_nodes=4)
+    exact = circuit.clean_metric - circuit.baseline_metric[saes[0].hook_name]
+    assert abs(exact) > 1e-3
+    assert float(circuit.node_attributions(saes[0].hook_name).sum()) == pytest.approx(exact, rel=0.01)
+    positions, _ = circuit.token_attributions(saes[0].hook_name)
+    assert positions.tolist() == list(range(1, 1 + 2 * 4 * 4))  # 2 time positions x 4 x 4 patches, after CLS
+    assert circuit.nodes and all(node.position >= 1 for node in circuit.nodes)
