@@ -6,7 +6,9 @@ brute force here is the library's fastest exact route, ``patching.ablation_sweep
 blocks after the hook, batched over features), timed on a random sample of the candidate nodes (every feature
 active on the images) and extrapolated per node to all of them; the sample also gives the rank agreement
 (Spearman) between attribution and exact ablation. The ViT is random with the ViT-B/32 shape and the SAEs are
-random TopK SAEs (weights do not change the cost).
+random TopK SAEs (weights do not change the cost), each with its decoder bias at the mean activation of its hook
+on the images, as training initialises it: with ``b_dec = 0`` the zero baseline would put the whole residual
+stream at the origin, where the next LayerNorm jumps, and integrated gradients could not be complete.
 
     python benchmarks/bench_circuits.py --quick      # 4 layers, small SAEs: a smoke run
     python benchmarks/bench_circuits.py --json benchmarks/results/bench_circuits_cpu.json
@@ -62,6 +64,10 @@ def main() -> None:
     hooks = [f"blocks.{layer}.hook_resid_post" for layer in ((1, 2, 3) if args.quick else (3, 6, 9))]
     saes = [_sae(hook, 768 * expansion, args.k, seed) for seed, hook in enumerate(hooks)]
     images = torch.randn(n_images, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    _, cache = model.run_with_cache(images, names_filter=hooks)
+    with torch.no_grad():
+        for sae in saes:
+            sae.b_dec.copy_(cache[sae.hook_name].mean((0, 1)))
 
     def metric(output: torch.Tensor) -> torch.Tensor:
         return output[:, 0].mean()
@@ -80,6 +86,8 @@ def main() -> None:
     # Brute force: exact single-node ablation (the fast sweep) of a random sample of each SAE's active features.
     generator = torch.Generator().manual_seed(2)
     candidates, brute_seconds, measured, rhos = 0, 0.0, 0, {}
+    completeness = {hook: (float(circuit.node_attributions(hook).sum()), circuit.clean_metric - circuit.baseline_metric[hook])
+                    for hook in hooks}
     for sae in saes:
         attributions = linear.node_attributions(sae.hook_name)[:-1]
         active = (attributions != 0).nonzero().flatten()
@@ -107,6 +115,8 @@ def main() -> None:
     print(f"brute force (exact ablation sweep): {per_node * 1000:.1f} ms per node measured on {measured} nodes; "
           f"{candidates} candidate nodes -> {timings['brute_force_all_candidates_extrapolated']:.1f} s extrapolated")
     print(f"ratio brute force / circuit: {ratio_ig:.1f}x (integrated gradients), {ratio_linear:.1f}x (attribution)")
+    for hook, (total, exact) in completeness.items():
+        print(f"completeness at {hook}: integrated gradients sum {total:+.4f}, exact {exact:+.4f}")
     for hook, values in rhos.items():
         print(f"Spearman vs exact ablation on the sampled nodes at {hook}: attribution {values['attribution']:.2f}, "
               f"integrated gradients {values['integrated_gradients']:.2f}")
@@ -116,7 +126,8 @@ def main() -> None:
                        "steps": args.steps, "top_nodes": args.top_nodes, "seconds": timings,
                        "brute_force_nodes_measured": measured, "candidate_nodes": candidates,
                        "ratio_brute_force_over_ig_nodes": ratio_ig, "ratio_brute_force_over_attribution": ratio_linear,
-                       "spearman_on_sample": rhos, "threads": torch.get_num_threads(),
+                       "spearman_on_sample": rhos, "completeness_ig_sum_vs_exact": completeness,
+                       "threads": torch.get_num_threads(),
                        "machine": platform.processor() or platform.machine()}, handle, indent=1)
 
 
