@@ -130,9 +130,9 @@ def build_circuit_saes(model: HookedViT, progress: bool = True) -> dict[int, SAE
     """
     saes = {}
     for layer in CIRCUIT_LAYERS:
-        if f"blocks.{layer}.hook_resid_post" == SAE_HOOK:
-            continue
         hook_name = f"blocks.{layer}.hook_resid_post"
+        if hook_name == SAE_HOOK:
+            continue
         saes[layer] = train_demo_sae(model, progress=progress, hook_name=hook_name)
         check_quality(held_out_quality(model, saes[layer]), hook_name)
     return saes

@@ -237,9 +237,14 @@ def _encode(sae: SAE, rows: Float[Tensor, "n d_in"]) -> tuple[Tensor, Any]:
     return sae.decode(acts, stats), acts != 0
 
 
+def _is_image_mask(tokens: TokenSpec) -> bool:
+    """Whether ``tokens`` is a boolean mask (``[pos]``, or ``[n_images, pos]`` per image)."""
+    return isinstance(tokens, Tensor) and tokens.dtype == torch.bool
+
+
 def _batch_tokens(tokens: TokenSpec, first: int, batch: int) -> TokenSpec:
     """The token spec for images ``first .. first + batch``: a per-image mask's rows, anything else as it is."""
-    if not (isinstance(tokens, Tensor) and tokens.dtype == torch.bool and tokens.ndim == 2):
+    if not (_is_image_mask(tokens) and tokens.ndim == 2):
         return tokens
     if tokens.shape[0] < first + batch:
         raise InputShapeError(
@@ -250,7 +255,7 @@ def _batch_tokens(tokens: TokenSpec, first: int, batch: int) -> TokenSpec:
 
 
 def _describe_tokens(tokens: TokenSpec) -> str:
-    if isinstance(tokens, Tensor) and tokens.dtype == torch.bool:
+    if _is_image_mask(tokens):
         return f"mask {list(tokens.shape)}"
     return str(list(tokens))
 
@@ -323,7 +328,7 @@ def evaluate(
         raise ConfigError(f"zero_ablation={zero_ablation!r} is not 'tokens' or 'all'")
     tokens = sae.token_set if tokens is None else tokens
     # A [n_images, pos] mask picks tokens per image: each batch takes its own rows.
-    per_image_mask = isinstance(tokens, Tensor) and tokens.dtype == torch.bool and tokens.ndim == 2
+    per_image_mask = _is_image_mask(tokens) and tokens.ndim == 2
     head = head_for(model, head, use_logit_scale) if downstream else None
     if head is not None:
         head = head.to(device)

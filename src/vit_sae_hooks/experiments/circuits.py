@@ -31,8 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,11 +42,10 @@ from torch import Tensor
 
 from vit_sae_hooks.checks import positive_int
 from vit_sae_hooks.errors import ConfigError, HookNameError, InputShapeError
+from vit_sae_hooks.experiments.patching import Metric, metrics_per_variant, scalar_metric
 from vit_sae_hooks.hook_names import hook_layer, stop_layer
 from vit_sae_hooks.sae import SAE
 from vit_sae_hooks.sae.formats.saelens import is_saelens_sae
-
-Metric = Callable[[Tensor], Tensor]
 
 METRIC = "metric"
 """The ``hook_name`` of the metric node that edges from the last SAE point to."""
@@ -242,13 +240,12 @@ class Circuit:
             >>> positions, weights = circuit.incoming(circuit.nodes_at(hooks[1])[0])
             >>> weights.sum()  # ≈ the target's exact change when the hook before is at its baseline, read out
         """
-        key = target
-        if key not in self._incoming:
+        if target not in self._incoming:
             raise ConfigError(
-                f"{key.name} is not a kept node with an SAE before it; edges are computed into the kept nodes "
+                f"{target.name} is not a kept node with an SAE before it; edges are computed into the kept nodes "
                 f"(circuit.nodes) of hooks {self.hooks[1:]}"
             )
-        acts, error = self._incoming[key]
+        acts, error = self._incoming[target]
         upstream = self._sites[self.hooks.index(target.hook_name) - 1]
         return upstream.positions, torch.cat([acts, error[:, None]], dim=1)
 
@@ -288,7 +285,7 @@ class Circuit:
             >>> circuit.ablate([Node("blocks.2.hook_resid_post", 12)])
         """
         masks = self._masks(nodes)
-        with torch.no_grad(), _spliced(self.model, self._sites):
+        with torch.no_grad(), self._spliced():
             return self._metric_with(masks)
 
     def faithfulness(self, n_nodes: Sequence[int]) -> Faithfulness:
@@ -305,7 +302,7 @@ class Circuit:
         flat = torch.cat([score.flatten() for score in scores]).abs()
         order = flat.argsort(descending=True, stable=True)
         values = []
-        with torch.no_grad(), _spliced(self.model, self._sites):
+        with torch.no_grad(), self._spliced():
             for n in [0, *n_nodes]:
                 ablated = torch.ones_like(flat, dtype=torch.bool)
                 ablated[order[:n]] = False
@@ -332,7 +329,7 @@ class Circuit:
         """The metric with the masked node values at their baselines (the SAEs already spliced)."""
         overrides = {site.hook_name: _ablation(site, *masks[site.hook_name]) for site in self._sites
                      if site.hook_name in masks}
-        return float(self._metric_of(self._run(self.images, overrides), 1)[0])
+        return float(scalar_metric(self.metric(self._run(self.images, overrides))))
 
     # ------------------------------------------------------------------------------------------ reporting
     def top_paths(self, k: int = 5) -> list[tuple[list[Node], float]]:
@@ -408,7 +405,7 @@ class Circuit:
         """For each feature node, the index of the image of ``images`` where its activation (summed over its
         SAE's tokens, or at its position) is largest."""
         chosen: dict[Node, int] = {}
-        with torch.no_grad(), _spliced(self.model, self._sites):
+        with torch.no_grad(), self._spliced():
             records = {site.hook_name: {} for site in self._sites}
             overrides = {site.hook_name: _Override(record=records[site.hook_name]) for site in self._sites}
             self._run(images, overrides)
@@ -457,8 +454,9 @@ class Circuit:
         hooks += list(extra_hooks)
         return self.model.run_with_hooks(inputs, fwd_hooks=hooks, **kwargs)
 
-    def _metric_of(self, outputs: Tensor, copies: int) -> Tensor:
-        return torch.stack([_scalar(self.metric(out)) for out in outputs.unflatten(0, (copies, -1))])
+    def _spliced(self):
+        """Every SAE of the circuit attached with its error term (on its own tokens) for a ``with`` block."""
+        return self.model.saes([site.sae for site in self._sites], use_error_term=True)
 
     def _path_gradients(self, index: int, readouts: list[Node | None], alphas: list[float]) -> list[tuple[Tensor, Tensor]]:
         """For each readout (``None``: the metric; a Node: its ``R_d`` at the next hook), the mean over ``alphas``
@@ -484,10 +482,12 @@ class Circuit:
             with torch.enable_grad():
                 output = self._run(self.images, overrides, site.start_layer, stop, copies=len(chunk))
                 if downstream is None:
-                    values = [self._metric_of(output, len(chunk)).sum()]
+                    values = [metrics_per_variant(output, len(chunk), self.metric).sum()]
                 else:
-                    values = [sum(_readout(downstream, target, record, i, batch) for i in range(len(chunk)))
-                              for target in readouts]
+                    # R_d is linear in the target's values, so one read-out of their sum over the steps serves.
+                    acts_sum = record["acts"].unflatten(0, (len(chunk), batch)).sum(0)
+                    error_sum = record["error"].unflatten(0, (len(chunk), batch)).sum(0)
+                    values = [_readout(downstream, target, acts_sum, error_sum) for target in readouts]
                 for t, value in enumerate(values):
                     grad_a, grad_e = torch.autograd.grad(value, [acts, error], allow_unused=True,
                                                          retain_graph=t < len(values) - 1)
@@ -498,23 +498,12 @@ class Circuit:
         return [(a / len(alphas), e / len(alphas)) for a, e in zip(total_a, total_e, strict=True)]
 
 
-def _scalar(value: Any) -> Tensor:
-    value = torch.as_tensor(value)
-    if value.numel() != 1:
-        raise ConfigError(
-            f"metric must return a scalar (e.g. out[:, label].mean()), got shape {tuple(value.shape)}; reduce "
-            "over the batch inside the metric"
-        )
-    return value.reshape(())
-
-
-def _readout(site: _Site, target: Node, record: dict[str, Tensor], copy: int, batch: int) -> Tensor:
-    """``R_d`` of ``target`` (a node of ``site``) in copy ``copy`` of a batched forward pass."""
-    part = slice(copy * batch, (copy + 1) * batch)
+def _readout(site: _Site, target: Node, acts: Tensor, error: Tensor) -> Tensor:
+    """``R_d`` of ``target`` (a node of ``site``) given the site's feature and error values ``[batch, rows, ..]``."""
     rows = slice(None) if target.position is None else site.row_of(target.position)
     if target.feature is None:
-        return (record["error"][part][:, rows] * site.grad_error[:, rows]).sum()
-    return (record["acts"][part][:, rows, target.feature] * site.grad_acts[:, rows, target.feature]).sum()
+        return (error[:, rows] * site.grad_error[:, rows]).sum()
+    return (acts[:, rows, target.feature] * site.grad_acts[:, rows, target.feature]).sum()
 
 
 def _ablation(site: _Site, acts_mask: Tensor, error_mask: Tensor) -> _Override:
@@ -525,19 +514,6 @@ def _ablation(site: _Site, acts_mask: Tensor, error_mask: Tensor) -> _Override:
         return torch.where(error_mask.to(live.device)[:, None], site.base_error.to(live.dtype), live)
 
     return _Override(acts=acts, error=error)
-
-
-@contextmanager
-def _spliced(model, sites: Sequence[_Site]) -> Iterator[None]:
-    """Every site's SAE attached with its error term for a block, on the tokens it was trained on."""
-    attached = []
-    try:
-        for site in sites:
-            model.add_sae(site.sae, hook_name=site.hook_name, use_error_term=True)
-            attached.append(site.hook_name)
-        yield
-    finally:
-        model.reset_saes(attached)
 
 
 def _check_arguments(model, saes: Sequence[Any], baseline: Any, method: str, steps: int, positions: str,
@@ -651,8 +627,9 @@ def feature_circuit(
         top_nodes, node_threshold: keep, per hook, the ``top_nodes`` nodes of largest ``|attribution|`` and/or
             those with ``|attribution| >= node_threshold`` (default: every node with a nonzero attribution); in
             ``"summed"`` mode each SAE's error node is always kept.
-        edges: compute edges between kept nodes (one batched backward pass per kept target node and step).
-        max_batch: images per forward pass (steps and target nodes are batched up to it).
+        edges: compute edges between kept nodes (the steps' forward passes are shared by the kept targets;
+            each target adds one backward pass per pass).
+        max_batch: images per forward pass (integrated-gradient steps are batched up to it).
 
     Example:
         >>> circuit = feature_circuit(model, [sae_l1, sae_l2, sae_l3], images, lambda out: out[:, 3].mean(),
@@ -670,7 +647,7 @@ def feature_circuit(
     was_training = model.training
     model.eval()
     try:
-        with _spliced(model, sites):
+        with circuit._spliced():
             _compute(circuit, baseline, reference_images, top_nodes, node_threshold, edges)
     finally:
         model.train(was_training)
@@ -682,7 +659,7 @@ def _compute(circuit: Circuit, baseline: Any, reference_images: Tensor | None, t
     sites, images = circuit._sites, circuit.images
     with torch.no_grad():
         records, output, order = _node_values(circuit, images, record_resid=True)
-        circuit.clean_metric = float(_scalar(circuit.metric(output)))
+        circuit.clean_metric = float(scalar_metric(circuit.metric(output)))
         expected = [site.hook_name for site in sites]
         if order != expected:
             raise ConfigError(

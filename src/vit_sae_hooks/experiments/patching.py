@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -45,9 +46,28 @@ def _check_pair(clean: Tensor, corrupted: Tensor) -> None:
         )
 
 
-def _metrics_per_variant(outputs: Tensor, n_variants: int, metric: Metric) -> Tensor:
-    per_variant = outputs.unflatten(0, (n_variants, -1))
-    return torch.stack([torch.as_tensor(metric(out)).reshape(()) for out in per_variant])
+def scalar_metric(value: Any) -> Tensor:
+    """A metric's value as a 0-d tensor, or a :class:`ConfigError` if the metric did not reduce to a scalar.
+
+    Example:
+        >>> scalar_metric(logits[:, 3].mean())
+    """
+    value = torch.as_tensor(value)
+    if value.numel() != 1:
+        raise ConfigError(
+            f"metric must return a scalar (e.g. out[:, label].mean()), got shape {tuple(value.shape)}; reduce "
+            "over the batch inside the metric"
+        )
+    return value.reshape(())
+
+
+def metrics_per_variant(outputs: Tensor, n_variants: int, metric: Metric) -> Float[Tensor, " n_variants"]:
+    """``metric`` of each of ``n_variants`` equal parts of a batched output (variants stacked along the batch).
+
+    Example:
+        >>> metrics_per_variant(model(images.repeat(4, 1, 1, 1)), 4, metric)  # [4]
+    """
+    return torch.stack([scalar_metric(metric(out)) for out in outputs.unflatten(0, (n_variants, -1))])
 
 
 def _patch_sweep(
@@ -87,7 +107,7 @@ def _patch_sweep(
 
             with torch.no_grad():
                 outputs = model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=[(name, patch_hook)])
-            results.append(_metrics_per_variant(outputs, len(variant_ids), metric))
+            results.append(metrics_per_variant(outputs, len(variant_ids), metric))
         rows.append(torch.cat(results))
     return torch.stack(rows)
 
@@ -247,10 +267,8 @@ def feature_attribution(
         with torch.no_grad():
             _, cache = model.run_with_cache(clean_images, names_filter=[acts_name])
         with torch.enable_grad():
-            value = torch.as_tensor(metric(model.run_with_hooks(corrupted_images, fwd_hooks=[(acts_name, capture_leaf)])))
-            if value.numel() != 1:
-                raise ConfigError(f"metric must return a scalar, got shape {tuple(value.shape)}")
-            (gradient,) = torch.autograd.grad(value.reshape(()), [captured["acts"]])
+            value = scalar_metric(metric(model.run_with_hooks(corrupted_images, fwd_hooks=[(acts_name, capture_leaf)])))
+            (gradient,) = torch.autograd.grad(value, [captured["acts"]])
     clean_acts, corrupted_acts = cache[acts_name], captured["acts"].detach()
     return FeatureAttribution(
         scores=(clean_acts - corrupted_acts) * gradient,
@@ -313,7 +331,7 @@ def ablation_sweep(
     tokens = sae.token_set if tokens is None else tokens
     with torch.no_grad():
         if method == "naive" or boundary is None:
-            baseline = torch.as_tensor(metric(model(images))).reshape(())
+            baseline = scalar_metric(metric(model(images)))
             return _naive_sweep(model, sae, images, features, metric, hook_name, tokens) - baseline
         return _fast_sweep(model, sae, images, features, metric, hook_name, tokens, boundary, max_batch)
 
@@ -324,7 +342,7 @@ def _naive_sweep(model, sae, images, features, metric, hook_name, tokens) -> Ten
     with _spliced(model, sae, hook_name, tokens):
         for feature in features:
             output = model.run_with_hooks(images, fwd_hooks=[(acts_name, ablate_features([feature]))])
-            values.append(torch.as_tensor(metric(output)).reshape(()))
+            values.append(scalar_metric(metric(output)))
     return torch.stack(values)
 
 
@@ -336,7 +354,7 @@ def _fast_sweep(model, sae, images, features, metric, hook_name, tokens, boundar
     base, cache = model.run_with_cache(images, stop_at_layer=start_layer, names_filter=[read])
     x = cache[read] if read in cache.cache_dict else base  # a resid_pre hook is the boundary itself
     batch, n_pos, _ = x.shape
-    baseline = torch.as_tensor(metric(model(base, start_at_layer=start_layer))).reshape(())
+    baseline = scalar_metric(metric(model(base, start_at_layer=start_layer)))
     selected = TokenSelection.resolve(tokens, n_pos, model.token_layout).mask(batch, x.device)
     # Every token is encoded (the SAE is per-token); only the selected ones are ablated.
     feature_ids = torch.tensor(features, device=x.device)
@@ -351,5 +369,5 @@ def _fast_sweep(model, sae, images, features, metric, hook_name, tokens, boundar
         # delta[f, b, p] = -a_f(b, p) * W_dec[f] * scale(b, p): the exact change of the spliced output.
         delta = -acts[..., ids].permute(2, 0, 1)[..., None] * directions[ids][:, None, None, :] * scale
         outputs = model((base[None] + delta).flatten(0, 1), start_at_layer=start_layer)
-        results.append(_metrics_per_variant(outputs, delta.shape[0], metric))
+        results.append(metrics_per_variant(outputs, delta.shape[0], metric))
     return torch.cat(results) - baseline

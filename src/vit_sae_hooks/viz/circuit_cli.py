@@ -47,8 +47,8 @@ def _classes_argument(text: str | None) -> list[str] | None:
     return names
 
 
-def _metric_and_names(args: argparse.Namespace, model) -> tuple[Callable[[Tensor], Tensor], list[str] | None, int]:
-    """The metric (mean logit of the class), the class names and the output count."""
+def _metric(args: argparse.Namespace, model) -> tuple[Callable[[Tensor], Tensor], int]:
+    """The metric (the mean logit of ``--class``) and that class's output index."""
     transform: Callable[[Tensor], Tensor] = lambda output: output
     names = _classes_argument(args.classes) or model_class_names(model)
     n_outputs = model.cfg.d_output or model.cfg.d_model
@@ -62,7 +62,7 @@ def _metric_and_names(args: argparse.Namespace, model) -> tuple[Callable[[Tensor
     def metric(output: Tensor) -> Tensor:
         return transform(output)[:, index].mean()
 
-    return metric, names, index
+    return metric, index
 
 
 def _images(args: argparse.Namespace, model, class_name: str) -> tuple[Tensor, Tensor, str, object]:
@@ -96,7 +96,7 @@ def run_circuit(args: argparse.Namespace) -> int:
         raise ConfigError("pass SAEs at two or more hooks: --sae A --sae B [--sae C ...]")
     model = HookedViT.from_pretrained(args.model).eval()
     saes = [SAE.from_pretrained(name).eval() for name in args.sae]
-    metric, _, index = _metric_and_names(args, model)
+    metric, index = _metric(args, model)
     images, reference, where, preprocess = _images(args, model, args.class_name)
     circuit = circuits.feature_circuit(
         model, saes, images, metric, baseline=args.baseline, method=args.method, steps=args.steps,
