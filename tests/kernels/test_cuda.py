@@ -427,11 +427,6 @@ def test_the_spliced_model_forward_makes_no_host_sync():
 
 
 @on_cuda
-@pytest.mark.xfail(
-    reason="training/objective.py (bool(dead.any()), fired[indices[values > 0]]) and training/trainer.py "
-           "(tokens_since_fired[mask] = 0) read back from the GPU every step; the failure lists the lines",
-    strict=False,
-)
 def test_training_steps_make_no_host_sync(record_property):
     tokens = _sparse_tokens(d=128, n_atoms=512, n=20_000)
     config = TrainConfig(k=16, expansion_factor=8, batch_size=2048, tokens_budget=8 * 2048, warmup_steps=2,
