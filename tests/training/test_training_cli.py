@@ -109,6 +109,7 @@ def test_one_command_trains_several_saes_and_transcoders_from_one_pass(assets, t
         hook, arch, k = name.split("-")
         assert (sae.hook_name, sae.cfg.architecture, sae.cfg.k) == (hook, arch, int(k[1:]))
         assert f"| {name} |" in printed
+    assert "SAELens would load" not in printed  # SAELens computes the same features for these
 
     transcoder_out = tmp_path / "transcoder"
     args = ["train", "--model", str(model), *ARGS, "--arch", "transcoder", "--hook-in", "blocks.1.ln2.hook_normalized",
@@ -121,6 +122,7 @@ def test_one_command_trains_several_saes_and_transcoders_from_one_pass(assets, t
     assert vit_sae(args) == 0
     printed = capsys.readouterr().out
     assert "saved a topk transcoder" in printed and "blocks.1.ln2.hook_normalized -> blocks.1.hook_mlp_out" in printed
+    assert "SAELens would load the folder but compute other features, since it is a topk transcoder" in printed
     transcoder = SAE.load(transcoder_out)
     assert transcoder.is_transcoder and transcoder.cfg.skip_connection
     assert (transcoder.hook_name, transcoder.hook_name_out) == ("blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out")

@@ -107,6 +107,11 @@ def train_command(args: argparse.Namespace) -> int:
             kind = "transcoder" if sae.is_transcoder else "SAE"
             print(f"saved a {sae.cfg.architecture} {kind} ({sae.d_in} -> {sae.d_sae} latents, {reads}, "
                   f"{args.tokens} tokens) to {out}")
+            difference = sae.saelens_difference(sae.cfg)
+            if difference is not None:
+                # The folder is in SAELens layout, which this library reads back exactly; SAELens would not.
+                print(f"  load it with vit_sae_hooks (SAE.load): SAELens would load the folder but compute other "
+                      f"features, since {difference}")
         _print_evaluation(model, saes, outs, held_out, args)
     return 0
 
