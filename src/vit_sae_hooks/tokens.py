@@ -331,10 +331,12 @@ def select_tokens(
     n_prefix_tokens: int,
     has_cls_token: bool = True,
     hook_name: str = "the hook",
+    valid: Bool[Tensor, "batch pos"] | None = None,
 ) -> Float[Tensor, "tokens d"]:
     """The rows of one hook's activations that belong to the named ``token_set``, flattened image by image.
 
     Activations without a token axis (``[batch, d]``, e.g. ``hook_pooled``) only take the token set ``"all"``.
+    ``valid`` (a padded NaFlex batch's ``TokenLayout.valid``) leaves the padding out of every set.
 
     Example:
         >>> select_tokens(torch.randn(2, 50, 768), "patches", n_prefix_tokens=1).shape
@@ -353,5 +355,5 @@ def select_tokens(
             f"{hook_name} has shape {tuple(activations.shape)}; an SAE reads [batch, pos, d] or [batch, d] "
             "activations. Pick a hook such as 'blocks.L.hook_resid_post', 'blocks.L.hook_mlp_out' or 'blocks.L.mlp.hook_post'."
         )
-    layout = TokenLayout(n_prefix_tokens, has_cls_token)
+    layout = TokenLayout(n_prefix_tokens, has_cls_token, valid=valid)
     return TokenSelection.resolve(token_set, activations.shape[1], layout).rows(activations)

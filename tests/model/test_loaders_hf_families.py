@@ -310,3 +310,65 @@ def test_heatmaps_of_a_padded_batch_equal_each_images_own(saved):
     torch.testing.assert_close(maps[0, 0, :2, :5], alone_wide, atol=1e-5, rtol=0)
     torch.testing.assert_close(maps[1, 0, :4, :3], alone_tall, atol=1e-5, rtol=0)
     assert not maps[0, 0, 2:].any() and not maps[1, 0, :, 3:].any()
+
+
+def test_training_reads_padded_naflex_items_and_only_their_real_tokens(saved):
+    # Images of three aspect ratios, each one dict of the processor's padded output: the activations are each
+    # image's own tokens run alone as a plain image, padding dropped; a stream block holds exactly those rows;
+    # an SAE trains on them. Two hooks read in one pass stay aligned token by token.
+    from vit_sae_hooks.training import ImageActivations, TrainConfig, train_sae
+
+    model = HookedViT.from_pretrained(saved["siglip2_naflex"][1]).eval()
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"]
+    images = [torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(i))
+              for i, size in enumerate([(8, 20), (16, 12), (16, 16)])]  # 10, 12 and 16 patches
+    items = []
+    for image in images:
+        pixel_values, mask, shapes = naflex(image, 4, max_patches=20)
+        items.append({"pixel_values": pixel_values[0], "pixel_attention_mask": mask[0], "spatial_shapes": shapes[0]})
+    data = ImageActivations(model, hooks, items, images_per_block=3, batch_size=2)
+    expected = []
+    with torch.no_grad():
+        for image in images:
+            _, cache = model.run_with_cache(image, names_filter=hooks)
+            expected.append(torch.cat([cache[hook][0] for hook in hooks], -1))
+    expected = torch.cat(expected)
+    acts = data.activations(items)
+    assert acts.shape == (10 + 12 + 16, 64)
+    torch.testing.assert_close(acts, expected, atol=1e-5, rtol=0)
+    block = data.stream(0, 1, seed=0).next_batch(38)  # one block of three images, shuffled
+    assert torch.equal(block[block[:, 0].argsort()], acts[acts[:, 0].argsort()])
+
+    # The real processor's output, split image by image: each image's rows are its unpadded patches run alone.
+    from PIL import Image
+
+    processor_class = getattr(transformers, "Siglip2ImageProcessorPil", transformers.Siglip2ImageProcessor)
+    processor = processor_class(patch_size=4, max_num_patches=20)
+    pixels = [torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(h))
+              for h, w in [(40, 100), (80, 60)]]
+    pictures = [Image.fromarray(array.numpy()) for array in pixels]
+    processed = processor(images=pictures, return_tensors="pt")
+    processed_items = [{key: value[i] for key, value in processed.items()} for i in range(len(pictures))]
+    alone = []
+    with torch.no_grad():
+        for item in processed_items:
+            n = int(item["pixel_attention_mask"].sum())
+            _, cache = model.run_with_cache(item["pixel_values"][None, :n], names_filter=hooks[:1],
+                                            pixel_attention_mask=torch.ones(1, n, dtype=torch.long),
+                                            spatial_shapes=item["spatial_shapes"][None])
+            alone.append(cache[hooks[0]][0])
+    assert [part.shape[0] for part in alone] == [18, 20]  # the processor's grids 3 x 6 and 5 x 4
+    processed_acts = ImageActivations(model, hooks[0], processed_items).activations(processed_items)
+    torch.testing.assert_close(processed_acts, torch.cat(alone), atol=1e-5, rtol=0)
+
+    single = ImageActivations(model, hooks[0], items, images_per_block=3, batch_size=3)
+    config = TrainConfig(k=4, d_sae=64, batch_size=16, tokens_budget=64, init_tokens=32, warmup_steps=0, log_every=1)
+    sae = train_sae(single, config, progress=False)
+    assert sae.hook_name == hooks[0]
+
+    with pytest.raises(InputShapeError, match=r"spatial_shapes \[2\].*'spatial_shapes': 'NoneType'"):
+        data.activations([{"pixel_values": items[0]["pixel_values"], "pixel_attention_mask": items[0]["pixel_attention_mask"]}])
+    longer = naflex(images[0], 4, max_patches=24)
+    other = {"pixel_values": longer[0][0], "pixel_attention_mask": longer[1][0], "spatial_shapes": longer[2][0]}
+    with pytest.raises(InputShapeError, match="padded to different lengths"):
+        data.activations([items[0], other])

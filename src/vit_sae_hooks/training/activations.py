@@ -13,13 +13,14 @@ recomputes one block and continues with exactly the batches an uninterrupted run
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from vit_sae_hooks.data.batches import MODEL_INPUTS
 from vit_sae_hooks.errors import ConfigError, DataError, InputShapeError
 from vit_sae_hooks.hook_names import PER_HEAD_HOOKS, stop_layer
 from vit_sae_hooks.tokens import select_tokens
@@ -39,12 +40,14 @@ def seeded_generator(*keys: int) -> torch.Generator:
 
 def hook_activations(
     model: HookedViT, images: Float[Tensor, "batch channels height width"], hook_name: str | Sequence[str],
-    token_set: str = "all", autocast: bool = True,
+    token_set: str = "all", autocast: bool = True, **inputs: Tensor,
 ) -> Float[Tensor, "tokens d"]:
     """The chosen tokens of ``hook_name`` on ``images``, running the model only as far as that hook.
 
     With several hook names, one forward pass reads them all and each token's features are concatenated in
-    the order given (hooks with heads, ``[.., head, d_head]``, are flattened).
+    the order given (hooks with heads, ``[.., head, d_head]``, are flattened). ``inputs`` are the model's
+    other forward keywords: SigLIP 2's NaFlex ``pixel_attention_mask`` and ``spatial_shapes`` with padded
+    patches as ``images``, whose padding tokens are then left out.
 
     Example:
         >>> acts = hook_activations(model, images, "blocks.9.hook_resid_post", "patches")  # [batch * 49, 768]
@@ -68,18 +71,18 @@ def hook_activations(
         model.hooks(fwd_hooks=[(name, capture) for name in names]),
     ):
         if stop is None:
-            model(images, return_type=None)
+            model(images, return_type=None, **inputs)
         else:
-            model(images, stop_at_layer=stop)
+            model(images, stop_at_layer=stop, **inputs)
     layout = model.token_layout
-    if layout.valid is not None:
-        raise ConfigError("training reads plain images; pass images [batch, channels, height, width], not padded NaFlex patches")
     parts = []
     for name in names:
         activation = captured[name]
         if activation.ndim == 4 and name.rsplit(".", 1)[-1] in PER_HEAD_HOOKS:
             activation = activation.flatten(-2)  # [batch, pos, head, d] -> one vector per token
-        parts.append(select_tokens(activation, token_set, layout.n_prefix_tokens, layout.has_cls_token, repr(name)))
+        parts.append(
+            select_tokens(activation, token_set, layout.n_prefix_tokens, layout.has_cls_token, repr(name), layout.valid)
+        )
     if len({part.shape[0] for part in parts}) > 1:
         counts = {name: part.shape[0] for name, part in zip(names, parts, strict=True)}
         raise InputShapeError(
@@ -248,7 +251,10 @@ class ImageActivations:
 
     ``hook_name`` is one hook or a list of hooks read in the same forward pass (see :func:`hook_columns`).
     ``images`` is a sequence (``len`` and indexing, e.g. :class:`~vit_sae_hooks.data.ImageFolder`) whose items
-    are ``[C, H, W]`` tensors or ``(tensor, label)`` pairs, or any re-iterable of such items. Shard ``s`` of
+    are ``[C, H, W]`` tensors or ``(tensor, label)`` pairs, or any re-iterable of such items. For SigLIP 2's
+    NaFlex inputs an item is one image's share of what ``Siglip2ImageProcessor`` returns, a dict of
+    ``pixel_values [max_patches, 3·p·p]``, ``pixel_attention_mask [max_patches]`` and ``spatial_shapes [2]``
+    (images of any aspect ratio, padded to one ``max_patches``); padding tokens are not trained on. Shard ``s`` of
     ``n`` gets images ``s, s + n, ...``; a sequence is visited in a fresh order each epoch, an iterable in its
     own order. The tokens of each buffer are shuffled together, so a batch mixes many images.
 
@@ -295,8 +301,11 @@ class ImageActivations:
             batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=_stack_images,
         )
         parts = [
-            hook_activations(self.model, batch.to(self.device), self.hook_names, self.token_set, self.autocast)
-            for batch in loader
+            hook_activations(
+                self.model, batch.to(self.device), self.hook_names, self.token_set, self.autocast,
+                **{name: value.to(self.device) for name, value in inputs.items()},
+            )
+            for batch, inputs in loader
         ]
         return torch.cat(parts) if parts else torch.empty(0, self.d_in, device=self.device)
 
@@ -372,7 +381,10 @@ def _endless_shard(images: Iterable[Any], shard: int, n_shards: int) -> Iterator
             )
 
 
-def _stack_images(items: list[Any]) -> Float[Tensor, "batch ..."]:
+def _stack_images(items: list[Any]) -> tuple[Float[Tensor, "batch ..."], dict[str, Tensor]]:
+    """The batch of ``items`` and the model's other forward keywords (SigLIP 2 NaFlex dicts' mask and shapes)."""
+    if items and all(isinstance(item, Mapping) for item in items):
+        return _stack_naflex(items)
     # Images are [C, H, W], video clips [frames, C, H, W]; a batch holds one kind.
     images = [item[0] if isinstance(item, (tuple, list)) else item for item in items]
     rank = images[0].ndim if images and isinstance(images[0], Tensor) else 3
@@ -383,4 +395,29 @@ def _stack_images(items: list[Any]) -> Float[Tensor, "batch ..."]:
             f"each image must be a preprocessed [C, H, W] tensor (a clip [frames, C, H, W] for video models), or a "
             f"(tensor, label) pair, got {described}; pass a dataset with transform=preprocess_for(model)."
         )
-    return torch.stack(images)
+    return torch.stack(images), {}
+
+
+def _stack_naflex(items: list[Mapping[str, Any]]) -> tuple[Float[Tensor, "batch max_patches dim"], dict[str, Tensor]]:
+    keys = ("pixel_values", *MODEL_INPUTS)
+    ranks = {"pixel_values": 2, "pixel_attention_mask": 1, "spatial_shapes": 1}
+    for item in items:
+        wrong = {key: _described(item.get(key)) for key in keys
+                 if not isinstance(item.get(key), Tensor) or item[key].ndim != ranks[key]}
+        if wrong:
+            raise InputShapeError(
+                f"a NaFlex item is one image's dict of pixel_values [max_patches, dim], pixel_attention_mask "
+                f"[max_patches] and spatial_shapes [2] (Siglip2ImageProcessor's output, image by image); got {wrong}"
+            )
+    lengths = {tuple(item["pixel_values"].shape) for item in items}
+    if len(lengths) > 1:
+        raise InputShapeError(
+            f"NaFlex items padded to different lengths {sorted(lengths)} cannot share a batch; give the processor one "
+            "max_num_patches for all images"
+        )
+    pixel_values, mask, shapes = (torch.stack([torch.as_tensor(item[key]) for item in items]) for key in keys)
+    return pixel_values, {"pixel_attention_mask": mask, "spatial_shapes": shapes}
+
+
+def _described(value: Any) -> str:
+    return f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
