@@ -75,7 +75,9 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"hooks": hooks, "n_saes": len(configs), "layers": layers, "images": n_images,
-                       "seconds": rows, "threads": torch.get_num_threads()}, handle, indent=1)
+                       "seconds": rows, "sae_tokens": trained,
+                       "sae_tokens_per_second": {name: trained / seconds for name, seconds in rows.items()},
+                       "threads": torch.get_num_threads()}, handle, indent=1)
 
 
 if __name__ == "__main__":
