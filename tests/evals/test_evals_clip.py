@@ -122,3 +122,66 @@ def test_cli_eval_prints_the_row_and_writes_json(tiny_clip, image_folder, sae_fo
     missing = ["eval", "--model", str(tiny_clip), "--sae", str(sae_folder), "--images", str(tmp_path / "nothing")]
     assert main(missing) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["siglip", "siglip2", "metaclip2"])
+def test_zero_shot_heads_of_other_image_text_models_equal_their_text_towers_and_logits(tmp_path, kind):
+    # SigLIP reads its text embedding at the last position, so prompts are padded to the tower's length as it
+    # was trained; the head times the scale (plus SigLIP's bias) is the model's own logits_per_image.
+    import transformers
+
+    from helpers.clip import save_tiny_image_text_model
+
+    folder = save_tiny_image_text_model(tmp_path / kind, kind)
+    templates = ["a photo of a {}.", "{}"]
+    head = build_zero_shot_head(folder, CLASSES, templates=templates, progress=False)
+    reference = transformers.AutoModel.from_pretrained(folder).eval()
+    assert type(reference).__name__ == {"siglip": "SiglipModel", "siglip2": "Siglip2Model", "metaclip2": "MetaClip2Model"}[kind]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    sigmoid = kind != "metaclip2"
+    padding = "max_length" if sigmoid else True
+
+    def class_embeddings(padding):
+        rows = []
+        for name in CLASSES:
+            tokens = tokenizer([t.format(name) for t in templates], padding=padding, truncation=True, max_length=24,
+                               return_tensors="pt")
+            features = reference.get_text_features(**tokens)
+            features = features if isinstance(features, torch.Tensor) else features.pooler_output
+            rows.append(F.normalize(F.normalize(features, dim=-1).mean(0), dim=-1))
+        return torch.stack(rows)
+
+    with torch.no_grad():
+        expected = class_embeddings(padding)
+        if sigmoid:
+            assert not torch.allclose(class_embeddings(True), expected, atol=1e-3)  # the padding matters
+    torch.testing.assert_close(head.text_embeddings, expected, atol=1e-5, rtol=0)
+    assert head.logit_scale == pytest.approx(float(np.exp(2.3)), rel=1e-5)
+    bias = head.metadata.get("logit_bias", 0.0)
+    assert bias == (pytest.approx(-4.0) if sigmoid else 0.0)
+
+    model = HookedViT.from_pretrained(folder)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tokens = tokenizer([f"a photo of a {name}." for name in CLASSES], padding=padding, truncation=True,
+                           max_length=24, return_tensors="pt")
+        if kind == "siglip2":  # Siglip2 takes patches: (row, column, channel) order, with each image's mask and grid
+            patches = images.reshape(2, 3, 4, 8, 4, 8).permute(0, 2, 4, 3, 5, 1).reshape(2, 16, 192)
+            pixels = dict(pixel_values=patches, pixel_attention_mask=torch.ones(2, 16, dtype=torch.long),
+                          spatial_shapes=torch.tensor([[4, 4], [4, 4]]))
+        else:
+            pixels = dict(pixel_values=images)
+        hf = reference(**pixels, **tokens)
+        single = build_zero_shot_head(folder, CLASSES, templates=["a photo of a {}."], progress=False)
+        ours = single(model(images)) * single.logit_scale + bias
+    torch.testing.assert_close(ours, hf.logits_per_image, atol=1e-4, rtol=1e-4)
+
+    vision_only = tmp_path / "vision_only"
+    reference.vision_model.save_pretrained(vision_only)
+    tokenizer.save_pretrained(vision_only)
+    with pytest.raises(CheckpointFormatError, match=r"is a \w+VisionConfig \(model_type '\w+'\), which has no text tower"):
+        build_zero_shot_head(vision_only, CLASSES, templates=["{}"], progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointFormatError, match="is not a transformers image-text checkpoint") as error:
+        build_zero_shot_head(tmp_path / "empty", CLASSES, templates=["{}"], progress=False)
+    assert len(str(error.value)) < 700  # transformers' own message lists every model type; only its first line

@@ -110,8 +110,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--sae", help="registry short name, hub id or local path of the SAE")
     parser.add_argument("--images", required=True, help="image folder: class subfolders (ImageNet layout) or images")
     parser.add_argument("--head", help="'zero-shot:FILE' (a saved zero-shot head) or 'model' (the model's classifier)")
-    parser.add_argument("--build-head", metavar="CLIP_ID", nargs="?", const="model",
-                        help="build the zero-shot head into the --head file if missing, from CLIP_ID (default: --model)")
+    parser.add_argument("--build-head", metavar="TEXT_MODEL_ID", nargs="?", const="model",
+                        help="build the zero-shot head into the --head file if missing, from the text tower of "
+                             "TEXT_MODEL_ID (CLIP, SigLIP, SigLIP 2, MetaCLIP 2; default: --model)")
     parser.add_argument("--classes", default="imagenet",
                         help="class names for --build-head: imagenet (shipped), folder (the --images class folders) or FILE")
     parser.add_argument("--templates", default="openai", help="prompt templates for --build-head: openai, simple, photo, name")

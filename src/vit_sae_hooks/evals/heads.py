@@ -1,7 +1,7 @@
-"""Classifier heads that turn a HookedViT's output into class logits: the model's own, or CLIP zero-shot.
+"""Classifier heads that turn a HookedViT's output into class logits: the model's own, or zero-shot.
 
-A zero-shot head is built once from a CLIP checkpoint's text tower (class names × prompt templates), saved
-as safetensors, and loaded later without the text tower.
+A zero-shot head is built once from an image-text checkpoint's text tower (CLIP, SigLIP, SigLIP 2, MetaCLIP 2;
+class names × prompt templates), saved as safetensors, and loaded later without the text tower.
 """
 
 from __future__ import annotations
@@ -144,6 +144,11 @@ class ZeroShotHead(nn.Module):
         )
 
 
+# Text towers trained with sigmoid losses on prompts padded to their full length: their text embedding is
+# read at the last position, so prompts must be padded the same way (as transformers' own pipeline does).
+PAD_TO_MAX_LENGTH = ("siglip", "siglip2")
+
+
 def build_zero_shot_head(
     clip_model: str | os.PathLike,
     class_names: Sequence[str] | None = None,
@@ -152,19 +157,21 @@ def build_zero_shot_head(
     batch_size: int = 256,
     progress: bool = True,
 ) -> ZeroShotHead:
-    """A zero-shot head from a HF ``CLIPModel`` checkpoint's text tower (a hub id or a local folder).
+    """A zero-shot head from the text tower of a HF image-text checkpoint (a hub id or a local folder): CLIP,
+    SigLIP, SigLIP 2, MetaCLIP 2, or any model with ``get_text_features`` and a ``logit_scale``.
 
     Each class embedding is the mean of its unit-norm prompt embeddings (one per template), renormalised, as
     in OpenAI's zero-shot ImageNet evaluation. ``class_names`` default to the 1000 shipped ImageNet names;
     ``templates`` is a template set name (see :func:`~vit_sae_hooks.data.imagenet.imagenet_templates`) or a
-    list of strings with ``{}``.
+    list of strings with ``{}``. SigLIP prompts are padded to the text tower's length, as SigLIP was trained;
+    its ``logit_bias`` is kept in the head's metadata (a bias shared by all classes changes no softmax).
 
     Example:
         >>> head = build_zero_shot_head("openai/clip-vit-base-patch32", templates="simple")
         >>> head.save("imagenet_zero_shot.safetensors")
     """
     from tqdm.auto import tqdm
-    from transformers import AutoTokenizer, CLIPModel
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from vit_sae_hooks.data.imagenet import imagenet_class_names, imagenet_templates
     from vit_sae_hooks.hub import resolve_local_or_hub
@@ -178,25 +185,46 @@ def build_zero_shot_head(
             f"templates without '{{}}': {bad[:3]}"
         )
     folder = resolve_local_or_hub(
-        clip_model, ["*.json", "*.txt", "model.safetensors", "tokenizer*", "vocab*", "merges*"]
+        clip_model, ["*.json", "*.txt", "*.model", "model.safetensors", "tokenizer*", "vocab*", "merges*", "spiece*"]
     )
+    def no_text_tower(what: str) -> CheckpointFormatError:
+        return CheckpointFormatError(
+            f"{str(clip_model)!r} is {what}, which has no text tower to embed class names; pass the full image-text "
+            "checkpoint (e.g. CLIPModel or SiglipModel, not the vision model alone)"
+        )
+
+    def not_image_text(error: Exception) -> CheckpointFormatError:
+        reason = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+        return CheckpointFormatError(
+            f"{str(clip_model)!r} is not a transformers image-text checkpoint with a tokenizer ({reason}); pass the hub "
+            "id or folder of a HF CLIP, SigLIP, SigLIP 2 or MetaCLIP 2 model (config.json, model.safetensors, tokenizer "
+            "files)"
+        )
+
     try:
-        model = CLIPModel.from_pretrained(folder).to(device).eval()
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as error:
+        raise not_image_text(error) from error
+    if getattr(config, "text_config", None) is None:
+        raise no_text_tower(f"a {type(config).__name__} (model_type {config.model_type!r})")
+    try:
+        model = AutoModel.from_pretrained(folder).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, KeyError) as error:
-        raise CheckpointFormatError(
-            f"{str(clip_model)!r} is not a transformers CLIPModel checkpoint with a tokenizer ({error}); pass the hub id "
-            "or folder of a HF CLIP model (config.json, model.safetensors, tokenizer files)"
-        ) from error
+        raise not_image_text(error) from error
+    if not hasattr(model, "get_text_features") or not hasattr(model, "logit_scale"):
+        raise no_text_tower(f"a {type(model).__name__}")
+    model_type = config.model_type
     prompts = [template.format(name) for name in class_names for template in templates]
     # Tokenizers saved without model_max_length would not truncate to what the text tower can read.
     max_length = model.config.text_config.max_position_embeddings
+    padding = "max_length" if model_type in PAD_TO_MAX_LENGTH else True
     embeddings = []
     with torch.inference_mode():
         logit_scale = float(model.logit_scale.exp())
         for start in tqdm(range(0, len(prompts), batch_size), desc="text embeddings", disable=not progress):
             tokens = tokenizer(
-                prompts[start : start + batch_size], padding=True, truncation=True, max_length=max_length,
+                prompts[start : start + batch_size], padding=padding, truncation=True, max_length=max_length,
                 return_tensors="pt",
             )
             features = model.get_text_features(**tokens.to(device))
@@ -206,10 +234,10 @@ def build_zero_shot_head(
     per_prompt = torch.cat(embeddings).view(len(class_names), len(templates), -1)
     class_embeddings = F.normalize(per_prompt.mean(1), dim=-1)
     logger.info("built a %d-class zero-shot head from %s with %d templates", len(class_names), clip_model, len(templates))
-    return ZeroShotHead(
-        class_embeddings, class_names, logit_scale,
-        metadata={"source_model": str(clip_model), "templates": templates},
-    )
+    metadata = {"source_model": str(clip_model), "templates": templates}
+    if getattr(model, "logit_bias", None) is not None:
+        metadata["logit_bias"] = float(model.logit_bias.detach())
+    return ZeroShotHead(class_embeddings, class_names, logit_scale, metadata=metadata)
 
 
 def head_for(model, head: str | os.PathLike | nn.Module | None, use_logit_scale: bool = False) -> nn.Module | None:
@@ -235,6 +263,6 @@ def head_for(model, head: str | os.PathLike | nn.Module | None, use_logit_scale:
     if d_input is not None and d_input != d_out:
         raise ConfigError(
             f"the head reads {d_input}-wide embeddings but the model outputs {d_out} ({model.cfg.model_name}); "
-            "build the zero-shot head from the same CLIP checkpoint as the model"
+            "build the zero-shot head from the same image-text checkpoint as the model"
         )
     return head

@@ -84,8 +84,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="all, N (features 0..N-1), or ids and ranges such as 3,17,40-49 (default: all)")
     parser.add_argument("--limit", type=int, help="use at most this many images (spread over the classes)")
     parser.add_argument("--labels", metavar="FILE",
-                        help="text labels, one per line, to match features against (needs a CLIP text tower)")
-    parser.add_argument("--text-model", help="CLIP checkpoint whose text tower embeds --labels (default: --model)")
+                        help="text labels, one per line, to match features against (needs a CLIP, SigLIP or "
+                             "MetaCLIP 2 text tower)")
+    parser.add_argument("--text-model", help="image-text checkpoint (CLIP, SigLIP, MetaCLIP 2) whose text tower embeds "
+                                             "--labels (default: --model)")
     parser.add_argument("--templates", default="photo",
                         help="prompt templates for --labels: openai, simple, photo or name (default: photo)")
     parser.add_argument("--per-token", type=int, default=16, help="features listed per token in the image view")
