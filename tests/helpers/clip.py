@@ -18,17 +18,24 @@ def byte_level_vocab() -> dict[str, int]:
     return {token: index for index, token in enumerate(tokens)}
 
 
-def save_tiny_clip(folder: Path) -> Path:
-    """A random CLIPModel (32-wide towers, 32 px images in 8 px patches, 16-d embeddings) with its tokenizer and
-    image processor, written to ``folder``."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+def _byte_level_tokenizer(folder: Path):
+    """CLIP's tokenizer over :func:`byte_level_vocab`, its files written to ``folder`` (created)."""
+    from transformers import CLIPTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = byte_level_vocab()
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    return vocab, CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+
+
+def save_tiny_clip(folder: Path) -> Path:
+    """A random CLIPModel (32-wide towers, 32 px images in 8 px patches, 16-d embeddings) with its tokenizer and
+    image processor, written to ``folder``."""
+    from transformers import CLIPConfig, CLIPModel
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    vocab, tokenizer = _byte_level_tokenizer(folder)
     end = vocab["<|endoftext|>"]
     config = CLIPConfig(
         text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -49,13 +56,8 @@ def save_tiny_image_text_model(folder: Path, kind: str) -> Path:
     """A random ``SiglipModel`` ("siglip"), ``Siglip2Model`` ("siglip2") or ``MetaClip2Model`` ("metaclip2") with
     32-wide towers and CLIP's byte-level tokenizer (any tokenizer serves a random text tower), written to ``folder``."""
     import transformers
-    from transformers import CLIPTokenizer
 
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = byte_level_vocab()
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    vocab, tokenizer = _byte_level_tokenizer(folder)
     end = vocab["<|endoftext|>"]
     text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                 max_position_embeddings=24, pad_token_id=end, bos_token_id=vocab["<|startoftext|>"], eos_token_id=end)
