@@ -171,20 +171,6 @@ def test_site_data_equals_top_activating_and_brute_force_counts(tmp_path, kind, 
     assert thumbs == list(range(N_IMAGES))
 
 
-@pytest.mark.parametrize("block", [7, 64])
-def test_similar_features_equal_the_full_cosine_matrix(block):
-    from vit_sae_hooks.viz.site.stats import similar_features
-
-    decoder = torch.randn(50, 12, generator=torch.Generator().manual_seed(5))
-    unit = torch.nn.functional.normalize(decoder, dim=-1)
-    cosines = unit @ unit.T
-    cosines.fill_diagonal_(-2)
-    expected = cosines.topk(6, dim=1)
-    positions, values = similar_features(decoder, 6, block=block)
-    assert torch.equal(positions, expected.indices)
-    torch.testing.assert_close(values, expected.values)
-
-
 def test_thumbnails_are_the_model_inputs_undone(tmp_path):
     model, sae = _model(), _sae()
     pixels = torch.rand(4, 3, 16, 16)

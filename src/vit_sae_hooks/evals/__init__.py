@@ -1,4 +1,5 @@
-"""SAE evaluation: the Prisma tables' ten columns and CLIP-Scope's metrics for any SAE on any HookedViT.
+"""SAE evaluation: the Prisma tables' ten columns and CLIP-Scope's metrics for any SAE on any HookedViT, and
+comparisons of SAE dictionaries (:mod:`~vit_sae_hooks.evals.dictionary`).
 
 Example:
     >>> from vit_sae_hooks.evals import evaluate
@@ -6,6 +7,7 @@ Example:
     >>> print(result.markdown_header()); print(result.markdown_row())
 """
 
+from vit_sae_hooks.evals.dictionary import DictionaryComparison, compare_dictionaries, nearest_directions, redundancy
 from vit_sae_hooks.evals.evaluate import (
     CLIPSCOPE_COLUMNS,
     COLUMNS,
@@ -24,6 +26,7 @@ __all__ = [
     "COLUMNS",
     "PRISMA_CODE_VARIANTS",
     "PRISMA_COLUMNS",
+    "DictionaryComparison",
     "DownstreamStats",
     "EvalResult",
     "ModelHead",
@@ -31,8 +34,11 @@ __all__ = [
     "ZeroShotHead",
     "build_zero_shot_head",
     "ce_recovered_pct",
+    "compare_dictionaries",
     "evaluate",
     "format_row",
     "head_for",
+    "nearest_directions",
+    "redundancy",
     "sweep",
 ]

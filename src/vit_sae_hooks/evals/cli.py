@@ -134,3 +134,42 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--sweep", action="store_true", help="evaluate every registry SAE of --model and print the table")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run_eval)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """Compare two SAEs' dictionaries and print the summary (and write the matches as JSON)."""
+    from vit_sae_hooks.evals.dictionary import compare_dictionaries, redundancy
+    from vit_sae_hooks.sae import SAE
+
+    a, b = SAE.from_pretrained(args.sae_a), SAE.from_pretrained(args.sae_b)
+    comparison = compare_dictionaries(a, b)
+    summary = comparison.summary()
+    duplicates = {name: float((redundancy(sae)[1] >= args.duplicate).double().mean()) for name, sae in (("a", a), ("b", b))}
+    print(f"A: {args.sae_a} ({a.d_sae} features at {a.output_hook_name})")
+    print(f"B: {args.sae_b} ({b.d_sae} features at {b.output_hook_name})")
+    print(f"mean max cosine A->B {summary['mmcs']:.4f}, B->A {summary['mmcs_reverse']:.4f}")
+    print(f"A features with a match in B at cosine >= 0.9: {100 * summary['fraction_above_0.9']:.1f} %, "
+          f">= 0.7: {100 * summary['fraction_above_0.7']:.1f} %; one-to-one pairs: {100 * summary['mutual_fraction']:.1f} %")
+    print(f"near-duplicates within each (another feature at cosine >= {args.duplicate}): "
+          f"A {100 * duplicates['a']:.2f} %, B {100 * duplicates['b']:.2f} %")
+    if args.json:
+        record = {"a": args.sae_a, "b": args.sae_b, **summary, "duplicate_threshold": args.duplicate,
+                  "duplicate_fraction_a": duplicates["a"], "duplicate_fraction_b": duplicates["b"],
+                  "match_a": comparison.match_a.tolist(), "cosine_a": comparison.cosine_a.tolist(),
+                  "match_b": comparison.match_b.tolist(), "cosine_b": comparison.cosine_b.tolist()}
+        Path(args.json).write_text(json.dumps(record))
+    return 0
+
+
+def register_compare(commands: argparse._SubParsersAction) -> None:
+    """Add ``vit-sae compare``."""
+    parser = commands.add_parser(
+        "compare", help="how far two SAEs learned the same features (decoder cosines: MMCS, one-to-one pairs)",
+        description="Match each feature of A to its closest decoder direction in B and back; see docs/metrics.md.",
+    )
+    parser.add_argument("sae_a", help="registry short name, hub id or local path of SAE A")
+    parser.add_argument("sae_b", help="registry short name, hub id or local path of SAE B")
+    parser.add_argument("--duplicate", type=float, default=0.9,
+                        help="cosine at which two features of one SAE count as near-duplicates (default 0.9)")
+    parser.add_argument("--json", metavar="OUT", help="also write the summary and every feature's match as JSON")
+    parser.set_defaults(run=run_compare)

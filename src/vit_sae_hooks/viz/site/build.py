@@ -19,6 +19,7 @@ from vit_sae_hooks.data.batches import image_batches
 from vit_sae_hooks.data.folder import UNLABELLED
 from vit_sae_hooks.data.preprocess import preprocess_for
 from vit_sae_hooks.errors import ConfigError, DataError, HookNameError, InputShapeError
+from vit_sae_hooks.evals.dictionary import nearest_directions
 from vit_sae_hooks.viz.figures import Unnormalize, displayable_image
 from vit_sae_hooks.viz.heatmap import feature_ids
 from vit_sae_hooks.viz.site import files
@@ -31,7 +32,6 @@ from vit_sae_hooks.viz.site.stats import (
     SparseActivations,
     TokenRows,
     hook_rows,
-    similar_features,
     sparse_activations,
     strongest_per_row,
 )
@@ -359,7 +359,7 @@ def _neighbours(decoder: Tensor, ids: list[int], n_similar: int) -> list[list[li
     """For each feature, ``[id, cosine]`` of the ``n_similar`` shown features with the most similar decoder direction."""
     if n_similar == 0 or len(ids) < 2:
         return [[] for _ in ids]
-    positions, cosines = similar_features(decoder, n_similar)
+    positions, cosines = nearest_directions(decoder, n=n_similar)
     return [[[ids[p], _rounded(c)] for p, c in zip(ps, cs, strict=True)]
             for ps, cs in zip(positions.tolist(), cosines.tolist(), strict=True)]
 

@@ -270,46 +270,6 @@ class FeatureStats:
         return (weighted - self.logit_sums / max(self.n_images, 1)).float()
 
 
-def similar_features(
-    decoder: Float[Tensor, "n_features d_in"], n: int, block: int = 2048
-) -> tuple[Int[Tensor, "n_features n"], Float[Tensor, "n_features n"]]:
-    """For each decoder direction, the ``n`` others with the highest cosine similarity (positions, cosines),
-    best first.
-
-    The cosine matrix is symmetric, so only its blocks on and above the diagonal are computed (half the
-    GEMM), each serving the rows of both its blocks; memory stays at ``block x block`` similarities.
-
-    Example:
-        >>> positions, cosines = similar_features(sae.W_dec, n=8)
-    """
-    directions = torch.nn.functional.normalize(decoder.detach().float().cpu(), dim=-1)
-    count = directions.shape[0]
-    n = min(n, count - 1)
-    best_cosines = torch.full((count, n), -float("inf"))
-    best_positions = torch.zeros((count, n), dtype=torch.long)
-
-    def merge(rows: slice, cosines: Tensor, positions: Tensor) -> None:
-        candidates = torch.cat([best_cosines[rows], cosines], dim=1)
-        kept = candidates.topk(n, dim=1)
-        best_positions[rows] = torch.cat([best_positions[rows], positions], dim=1).gather(1, kept.indices)
-        best_cosines[rows] = kept.values
-
-    for first in range(0, count, block):
-        rows = slice(first, first + block)
-        for second in range(first, count, block):
-            columns = slice(second, second + block)
-            similarity = directions[rows] @ directions[columns].T
-            if second == first:
-                similarity.fill_diagonal_(-float("inf"))
-            best = similarity.topk(min(n, similarity.shape[1]), dim=1)
-            merge(rows, best.values, best.indices + second)
-            if second != first:
-                # A contiguous copy: top-k along dim 0 of the strided matrix is twice as slow.
-                best = similarity.T.contiguous().topk(min(n, similarity.shape[0]), dim=1)
-                merge(columns, best.values, best.indices + first)
-    return best_positions, best_cosines
-
-
 def strongest_per_row(acts: SparseActivations, feature_ids: Int[Tensor, " n_features"], most: int) -> list[list[list[Any]]]:
     """For each image of the batch and each of its token rows, up to ``most`` ``[feature id, activation, ...]``
     pairs, strongest first (flattened into one list per row).
