@@ -10,7 +10,7 @@ import torch
 from vit_sae_hooks.cli_support import run_reporting_errors
 from vit_sae_hooks.demo.cli import register as register_demo
 from vit_sae_hooks.evals.cli import register as register_eval
-from vit_sae_hooks.evals.cli import register_compare
+from vit_sae_hooks.evals.cli import register_compare, register_probe
 from vit_sae_hooks.training.cli import register as register_train
 from vit_sae_hooks.viz.circuit_cli import register as register_circuit
 from vit_sae_hooks.viz.site.cli import register as register_browse
@@ -63,8 +63,8 @@ def register_inspect(commands: argparse._SubParsersAction) -> None:
 
 
 # Each feature registers its own subcommand: a function taking the subparsers and setting ``run``.
-SUBCOMMANDS = [register_demo, register_inspect, register_eval, register_compare, register_train, register_browse,
-               register_circuit]
+SUBCOMMANDS = [register_demo, register_inspect, register_eval, register_compare, register_probe, register_train,
+               register_browse, register_circuit]
 
 
 def main(argv: list[str] | None = None) -> int:

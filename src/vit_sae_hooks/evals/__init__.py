@@ -1,5 +1,6 @@
 """SAE evaluation: the Prisma tables' ten columns and CLIP-Scope's metrics for any SAE on any HookedViT, and
-comparisons of SAE dictionaries (:mod:`~vit_sae_hooks.evals.dictionary`).
+comparisons of SAE dictionaries (:mod:`~vit_sae_hooks.evals.dictionary`) and sparse probing
+(:mod:`~vit_sae_hooks.evals.probing`).
 
 Example:
     >>> from vit_sae_hooks.evals import evaluate
@@ -20,6 +21,7 @@ from vit_sae_hooks.evals.evaluate import (
 )
 from vit_sae_hooks.evals.heads import ModelHead, ZeroShotHead, build_zero_shot_head, head_for
 from vit_sae_hooks.evals.metrics import DownstreamStats, ReconstructionStats, ce_recovered_pct
+from vit_sae_hooks.evals.probing import PooledActivations, ProbeResult, pooled_activations, probe_pooled, sparse_probing
 
 __all__ = [
     "CLIPSCOPE_COLUMNS",
@@ -30,6 +32,8 @@ __all__ = [
     "DownstreamStats",
     "EvalResult",
     "ModelHead",
+    "PooledActivations",
+    "ProbeResult",
     "ReconstructionStats",
     "ZeroShotHead",
     "build_zero_shot_head",
@@ -39,6 +43,9 @@ __all__ = [
     "format_row",
     "head_for",
     "nearest_directions",
+    "pooled_activations",
+    "probe_pooled",
     "redundancy",
+    "sparse_probing",
     "sweep",
 ]

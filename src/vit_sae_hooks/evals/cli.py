@@ -173,3 +173,50 @@ def register_compare(commands: argparse._SubParsersAction) -> None:
                         help="cosine at which two features of one SAE count as near-duplicates (default 0.9)")
     parser.add_argument("--json", metavar="OUT", help="also write the summary and every feature's match as JSON")
     parser.set_defaults(run=run_compare)
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    """Sparse-probe an SAE's features on labelled image folders and print the table."""
+    from vit_sae_hooks.evals.probing import sparse_probing
+    from vit_sae_hooks.model import HookedViT
+    from vit_sae_hooks.sae import SAE
+
+    ks = [int(k) for k in args.k.split(",") if k.strip()]
+    model = HookedViT.from_pretrained(args.model, device=args.device)
+    sae = SAE.from_pretrained(args.sae, device=args.device)
+    result = sparse_probing(
+        model, sae, args.train, args.test, ks=ks, pooling=args.pooling, baseline=not args.no_baseline,
+        seed=args.seed, batch_size=args.batch_size, limit=args.limit, num_workers=args.num_workers,
+        tasks=args.tasks.split(",") if args.tasks else None, progress=not args.quiet,
+    )
+    print(f"sparse probing of {args.sae} at {sae.output_hook_name} ({len(result.tasks)} one-against-rest tasks, "
+          f"{args.pooling} over {sae.token_set} tokens)")
+    print(result.markdown())
+    if args.json:
+        Path(args.json).write_text(json.dumps({"sae": args.sae, "model": args.model, **result.to_dict()}, indent=2))
+    return 0
+
+
+def register_probe(commands: argparse._SubParsersAction) -> None:
+    """Add ``vit-sae probe``."""
+    parser = commands.add_parser(
+        "probe", help="sparse probing: how well k of an SAE's features tell image classes apart (SAEBench-style)",
+        description="For each class against the rest, fit a logistic regression on the k features whose mean "
+                    "differs most on --train and measure it on --test; see docs/metrics.md.",
+    )
+    parser.add_argument("--model", required=True, help="hub id or local folder of the base model")
+    parser.add_argument("--sae", required=True, help="registry short name, hub id or local path of the SAE")
+    parser.add_argument("--train", required=True, help="image folder with class sub-folders to choose features and fit on")
+    parser.add_argument("--test", required=True, help="image folder with the same class sub-folders to measure on")
+    parser.add_argument("--k", default="1,2,5", help="feature counts, comma-separated (default 1,2,5)")
+    parser.add_argument("--pooling", choices=("mean", "max"), default="mean", help="image level of a feature")
+    parser.add_argument("--tasks", help="comma-separated class names to probe (default: every class)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the dense probe on the SAE's input")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the balanced negative draws")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=None, help="image decoding workers")
+    parser.add_argument("--limit", type=int, help="use at most this many images of each folder")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", metavar="OUT", help="also write the accuracies, per task, and chosen features as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=run_probe)
