@@ -63,6 +63,38 @@ def ceilings() -> dict[str, float]:
     return measured
 
 
+def toolchain() -> dict[str, str]:
+    """What Triton needs on the host to launch any kernel (ours, sparsify's, inductor's): a C compiler and
+    Python's headers to build its launcher, and a Triton kernel that runs (on CUDA only)."""
+    import shutil
+    import sysconfig
+    from pathlib import Path
+
+    found = {
+        "c_compiler": shutil.which("cc") or shutil.which("gcc") or shutil.which("clang") or "none on PATH",
+        "python_h": str(Path(sysconfig.get_paths()["include"]) / "Python.h"),
+    }
+    if not Path(found["python_h"]).exists():
+        found["python_h"] += " (missing)"
+    if torch.cuda.is_available():
+        try:
+            import triton
+            import triton.language as tl
+
+            @triton.jit
+            def add_one(pointer, n, BLOCK: tl.constexpr):
+                offsets = tl.arange(0, BLOCK)
+                mask = offsets < n
+                tl.store(pointer + offsets, tl.load(pointer + offsets, mask=mask) + 1, mask=mask)
+
+            values = torch.zeros(10, device="cuda")
+            add_one[(1,)](values, 10, BLOCK=16)
+            found["triton_launch"] = "ok" if bool((values == 1).all()) else f"wrong result {values.tolist()}"
+        except Exception as error:
+            found["triton_launch"] = f"fails: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the report here too")
@@ -75,6 +107,7 @@ def main() -> None:
         "cuda_available": torch.cuda.is_available(),
         "torch_cuda": torch.version.cuda,
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "toolchain": toolchain(),
     }
     if torch.cuda.is_available():
         properties = torch.cuda.get_device_properties(0)

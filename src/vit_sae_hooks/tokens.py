@@ -207,9 +207,9 @@ class TokenSelection:
                     f"the token mask has {self.where.shape[0]} rows but the batch has {batch} images; "
                     "pass one [pos] row per image (or a [pos] mask for all of them)"
                 )
-            return self.where.to(device).expand(batch, -1)
+            return self.where.to(device, non_blocking=True).expand(batch, -1)
         selected = torch.zeros(self.n_pos, dtype=torch.bool, device=device)
-        selected[self.where if isinstance(self.where, slice) else self.where.to(device)] = True
+        selected[self.where if isinstance(self.where, slice) else self.where.to(device, non_blocking=True)] = True
         return selected.expand(batch, -1)
 
     def take(self, x: Float[Tensor, "batch pos *feature"]) -> Float[Tensor, "batch n_selected *feature"]:
@@ -305,7 +305,8 @@ def take_rows(x: Float[Tensor, "batch pos *feature"], where: slice | Tensor) -> 
     Example:
         >>> cls_rows = take_rows(resid, slice(0, 1))  # [batch, 1, d_model]
     """
-    return x[:, where] if isinstance(where, slice) else x.index_select(1, where.to(x.device))
+    # Copies of CPU positions to the device are non-blocking, so a CUDA forward never waits for them.
+    return x[:, where] if isinstance(where, slice) else x.index_select(1, where.to(x.device, non_blocking=True))
 
 
 def put_rows(x: Float[Tensor, "batch pos *feature"], where: slice | Tensor, rows: Tensor) -> Tensor:
@@ -316,7 +317,7 @@ def put_rows(x: Float[Tensor, "batch pos *feature"], where: slice | Tensor, rows
     """
     rows = rows.to(x.dtype)
     if not isinstance(where, slice):
-        return x.index_copy(1, where.to(x.device), rows)
+        return x.index_copy(1, where.to(x.device, non_blocking=True), rows)
     start, stop, step = where.indices(x.shape[1])
     if step != 1:
         return x.index_copy(1, torch.arange(start, stop, step, device=x.device), rows)

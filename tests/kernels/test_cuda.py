@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from vit_sae_hooks import SAE, HookedViT, HookedViTConfig, SAEConfig, kernels
-from vit_sae_hooks.experiments import ablate_features, patching
+from vit_sae_hooks.experiments import ablate_features, circuits, patching
 from vit_sae_hooks.kernels import (
     decode_topk,
     encode_batch_topk,
@@ -175,10 +175,18 @@ def _dense_reference_gradients(
     return recon.detach(), [leaf.grad for leaf in leaves]
 
 
+# Every backend in float32 and bfloat16; float16 (the same kernels as bfloat16 but for the cast) for the default
+# path and Triton only; the compile backend in bfloat16 only (each dtype is another inductor build).
+CLIP_CASES = [
+    (shape, dtype, backend) for shape, dtype, backend in itertools.product(CLIP_SHAPES, FLOAT_DTYPES, ROWS)
+    if (dtype != torch.float16 or backend in ("auto", "triton")) and (backend != "compile" or dtype == torch.bfloat16)
+]
+
+
 @on_cuda
 @pytest.mark.parametrize(
     ("shape", "dtype", "backend"),
-    list(itertools.product(CLIP_SHAPES, FLOAT_DTYPES, ROWS)),
+    CLIP_CASES,
     ids=lambda value: "x".join(map(str, value)) if isinstance(value, tuple) else str(value).removeprefix("torch."),
 )
 def test_every_backend_matches_float64_at_clip_shapes(shape, dtype, backend):
@@ -280,11 +288,27 @@ def _experiments(model: HookedViT, sae: SAE, images: torch.Tensor) -> dict[str, 
             "sweep (fast)": patching.ablation_sweep(model, sae, images, list(range(0, 384, 24)), metric, method="fast"),
             "sweep (naive)": patching.ablation_sweep(model, sae, images, list(range(0, 384, 24)), metric,
                                                      method="naive"),
+            **_patching_and_circuits(model, sae, images, metric),
+        }
+
+
+def _patching_and_circuits(model: HookedViT, sae: SAE, images: torch.Tensor, metric) -> dict[str, torch.Tensor]:
+    corrupted = images.flip(0)
+    attribution = patching.feature_attribution(model, sae, images, corrupted, metric)
+    circuit = circuits.feature_circuit(model, [sae], images, metric, steps=4, top_nodes=5)
+    with torch.no_grad():
+        return {
+            "activation patching (resid)": patching.resid(model, images, corrupted, metric),
+            "activation patching (heads)": patching.heads(model, images, corrupted, metric),
+            "activation patching (heads by position)": patching.heads_by_position(model, images, corrupted, metric,
+                                                                                  layers=[1]),
+            "attribution patching": attribution.scores,
+            "circuit node attributions": circuit.node_attributions(sae.hook_name),
         }
 
 
 @on_cuda
-def test_splicing_ablation_and_the_ablation_sweep_on_cuda_equal_the_cpu_results():
+def test_splicing_ablation_patching_and_circuits_on_cuda_equal_the_cpu_results():
     # float64 on both devices, so rounding cannot flip a top-k choice: what differs is the device plumbing.
     model, sae = _tiny_model_and_sae()
     images = _images()
@@ -449,6 +473,30 @@ def test_training_steps_make_no_host_sync(record_property):
     assert not sites, f"host synchronisations per training step at {sites}"
 
 
+# ---------------------------------------------------------------- batch top-k
+@on_cuda
+@pytest.mark.parametrize("backend", ["torch", "chunked", "triton"])
+@pytest.mark.parametrize("apply_relu", [True, False])
+def test_batch_topk_on_cuda_keeps_the_batchs_largest_as_float64_does(backend, apply_relu):
+    _skip_unless_backend_runs(backend)
+    n, d_sae, k = 512, 4096, 32
+    x, W_enc, b_enc = make_encoder_problem(n, 64, d_sae, torch.float32, seed=5)
+    leaves = [t.cuda().requires_grad_(True) for t in (x, W_enc, b_enc)]
+    values, indices = encode_batch_topk(*leaves, k, apply_relu, backend=backend)
+    dense = torch.zeros(n, d_sae, dtype=torch.float64).scatter_add(-1, indices.cpu(), values.detach().cpu().double())
+    pre = reference_pre(x, W_enc, b_enc)
+    scores = pre.relu() if apply_relu else pre
+    total = k * n
+    atol = CUDA_TOLERANCE[torch.float32] * error_scale(x, W_enc, b_enc)
+    ours = dense.flatten().sort(descending=True).values[:total]
+    torch.testing.assert_close(ours, scores.flatten().sort(descending=True).values[:total], atol=atol, rtol=0)
+    kept = dense != 0
+    torch.testing.assert_close(dense[kept], scores[kept], atol=atol, rtol=0)
+    values.sum().backward()  # d/d b_enc of the kept values: how many tokens keep each latent
+    expected = (kept & (dense > 0) if apply_relu else kept).sum(0).double()
+    torch.testing.assert_close(leaves[2].grad.cpu().double(), expected, atol=1e-3, rtol=0)
+
+
 # ---------------------------------------------------------------- torchrun (last: the slowest to start)
 NCCL_TRAINING = """
 import sys
@@ -508,27 +556,3 @@ def test_torchrun_train_command_uses_the_local_gpu(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "% Explained var." in done.stdout
     assert SAE.load(tmp_path / "run").d_sae == 96
-
-
-@on_cuda
-@pytest.mark.parametrize("backend", ["torch", "chunked", "triton"])
-@pytest.mark.parametrize("apply_relu", [True, False])
-def test_batch_topk_on_cuda_keeps_the_batchs_largest_as_float64_does(backend, apply_relu):
-    _skip_unless_backend_runs(backend)
-    n, d_sae, k = 512, 4096, 32
-    x, W_enc, b_enc = make_encoder_problem(n, 64, d_sae, torch.float32, seed=5)
-    leaves = [t.cuda().requires_grad_(True) for t in (x, W_enc, b_enc)]
-    values, indices = encode_batch_topk(*leaves, k, apply_relu, backend=backend)
-    dense = torch.zeros(n, d_sae, dtype=torch.float64).scatter_add(-1, indices.cpu(), values.detach().cpu().double())
-    pre = reference_pre(x, W_enc, b_enc)
-    scores = pre.relu() if apply_relu else pre
-    total = k * n
-    atol = CUDA_TOLERANCE[torch.float32] * error_scale(x, W_enc, b_enc)
-    ours = dense.flatten().sort(descending=True).values[:total]
-    torch.testing.assert_close(ours, scores.flatten().sort(descending=True).values[:total], atol=atol, rtol=0)
-    kept = dense != 0
-    torch.testing.assert_close(dense[kept], scores[kept], atol=atol, rtol=0)
-    values.sum().backward()  # d/d b_enc of the kept values: how many tokens keep each latent
-    expected = (kept & (dense > 0) if apply_relu else kept).sum(0).double()
-    torch.testing.assert_close(leaves[2].grad.cpu().double(), expected, atol=1e-3, rtol=0)
-

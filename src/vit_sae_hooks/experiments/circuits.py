@@ -473,7 +473,7 @@ class Circuit:
         stop = stop if stop is not None and 0 < stop < self.model.cfg.n_layers else None
         for first in range(0, len(alphas), per_pass):
             chunk = alphas[first : first + per_pass]
-            alpha = torch.tensor(chunk, dtype=site.clean_acts.dtype)
+            alpha = torch.tensor(chunk, dtype=site.clean_acts.dtype, device=site.clean_acts.device)
             acts, error = (value.detach().requires_grad_(True) for value in site.interpolate(alpha))
             overrides = {site.hook_name: _Override(acts=lambda _, acts=acts: acts, error=lambda _, error=error: error)}
             record: dict[str, Tensor] = {}

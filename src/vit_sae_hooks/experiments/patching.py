@@ -98,7 +98,7 @@ def _patch_sweep(
         chunk = max(1, max_batch // batch)
         results = []
         for first in range(0, n_variants, chunk):
-            variant_ids = torch.arange(first, min(first + chunk, n_variants))
+            variant_ids = torch.arange(first, min(first + chunk, n_variants), device=clean_act.device)
             resid = corrupted_cache[start].repeat(len(variant_ids), 1, 1)
 
             def patch_hook(activation, hook, variant_ids=variant_ids, clean_act=clean_act):

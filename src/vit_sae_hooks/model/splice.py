@@ -130,7 +130,8 @@ class Splice:
             self._set_positions(torch.arange(n_pos, device=y.device), n_pos)
             mask = selection.mask(y.shape[0], y.device)
             return torch.where(mask[..., None], self._apply(x, y), y)
-        self._set_positions(selection.positions.to(y.device), n_pos)
+        # A blocking copy of the CPU positions would make every CUDA forward wait for the GPU.
+        self._set_positions(selection.positions.to(y.device, non_blocking=True), n_pos)
         return selection.put(y, self._apply(selection.take(x), selection.take(y)))
 
     def _set_positions(self, positions: Tensor | None, n_pos: int | None) -> None:
