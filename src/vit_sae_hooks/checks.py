@@ -12,9 +12,21 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
+import torch
+
 from vit_sae_hooks.errors import ConfigError, VitSaeHooksError
 
 ConfigClass = TypeVar("ConfigClass")
+
+
+def described_shape(value: Any) -> tuple[int, ...] | str:
+    """A value's shape if it is a tensor, else its type's name: what error messages show of a wrong input.
+
+    Example:
+        >>> described_shape(torch.zeros(2, 3)), described_shape(None)
+        ((2, 3), 'NoneType')
+    """
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def is_int(value: Any) -> bool:

@@ -207,9 +207,9 @@ class TokenSelection:
                     f"the token mask has {self.where.shape[0]} rows but the batch has {batch} images; "
                     "pass one [pos] row per image (or a [pos] mask for all of them)"
                 )
-            return self.where.to(device, non_blocking=True).expand(batch, -1)
+            return on_device(self.where, device).expand(batch, -1)
         selected = torch.zeros(self.n_pos, dtype=torch.bool, device=device)
-        selected[self.where if isinstance(self.where, slice) else self.where.to(device, non_blocking=True)] = True
+        selected[self.where if isinstance(self.where, slice) else on_device(self.where, device)] = True
         return selected.expand(batch, -1)
 
     def take(self, x: Float[Tensor, "batch pos *feature"]) -> Float[Tensor, "batch n_selected *feature"]:
@@ -299,14 +299,23 @@ def _resolve(tokens: TokenSpec, n_pos: int, layout: TokenLayout) -> slice | Tens
     return torch.unique(positions % n_pos)
 
 
+def on_device(index: Tensor, device: torch.device | str | None) -> Tensor:
+    """A token index or mask (kept on the CPU) on ``device``, copied without blocking: a blocking copy would make
+    every CUDA forward that selects tokens wait for the GPU.
+
+    Example:
+        >>> positions = on_device(selection.positions, resid.device)
+    """
+    return index.to(device, non_blocking=True)
+
+
 def take_rows(x: Float[Tensor, "batch pos *feature"], where: slice | Tensor) -> Tensor:
     """The token rows ``where`` (a slice or a LongTensor of positions) selects along dim 1.
 
     Example:
         >>> cls_rows = take_rows(resid, slice(0, 1))  # [batch, 1, d_model]
     """
-    # Copies of CPU positions to the device are non-blocking, so a CUDA forward never waits for them.
-    return x[:, where] if isinstance(where, slice) else x.index_select(1, where.to(x.device, non_blocking=True))
+    return x[:, where] if isinstance(where, slice) else x.index_select(1, on_device(where, x.device))
 
 
 def put_rows(x: Float[Tensor, "batch pos *feature"], where: slice | Tensor, rows: Tensor) -> Tensor:
@@ -317,7 +326,7 @@ def put_rows(x: Float[Tensor, "batch pos *feature"], where: slice | Tensor, rows
     """
     rows = rows.to(x.dtype)
     if not isinstance(where, slice):
-        return x.index_copy(1, where.to(x.device, non_blocking=True), rows)
+        return x.index_copy(1, on_device(where, x.device), rows)
     start, stop, step = where.indices(x.shape[1])
     if step != 1:
         return x.index_copy(1, torch.arange(start, stop, step, device=x.device), rows)

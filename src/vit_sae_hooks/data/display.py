@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from vit_sae_hooks.checks import described_shape
 from vit_sae_hooks.errors import ConfigError, InputShapeError
 
 Unnormalize = Any | tuple[Sequence[float], Sequence[float]] | None
@@ -27,7 +28,7 @@ def displayable_image(
         >>> rgb = displayable_image(images[0], preprocess_for(model))  # [224, 224, 3]
     """
     if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] not in (1, 3):
-        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        shape = described_shape(image)
         raise InputShapeError(f"an image to display must be [1 or 3, height, width], got {shape}")
     pixels = image.detach().to("cpu", torch.float64)
     if unnormalize is None:

@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from vit_sae_hooks.checks import positive_int
+from vit_sae_hooks.checks import described_shape, positive_int
 from vit_sae_hooks.errors import ConfigError, InputShapeError
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def nearest_directions(
 
 def _unit_rows(matrix: Tensor, name: str) -> Float[Tensor, "n d"]:
     if not isinstance(matrix, Tensor) or matrix.ndim != 2 or not matrix.is_floating_point():
-        shape = tuple(matrix.shape) if isinstance(matrix, Tensor) else type(matrix).__name__
+        shape = described_shape(matrix)
         raise InputShapeError(f"{name} must be a float matrix [n, d] (e.g. sae.W_dec), got {shape}")
     return torch.nn.functional.normalize(matrix.detach().float().cpu(), dim=-1)
 

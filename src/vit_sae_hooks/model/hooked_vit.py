@@ -14,6 +14,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from vit_sae_hooks._tl import REMOVES_BATCH_DIM_ON_2D, ActivationCache, HookedRootModule, HookPoint
+from vit_sae_hooks.checks import described_shape
 from vit_sae_hooks.errors import ConfigError, HookNameError, InputShapeError, unknown_hook_message
 from vit_sae_hooks.model import splice as splicing
 from vit_sae_hooks.model.components import (
@@ -222,7 +223,7 @@ class HookedViT(HookedRootModule):
         self._require_naflex()
         width = cfg.patch_size[0] * cfg.patch_size[1] * cfg.n_channels
         if not isinstance(patches, Tensor) or patches.ndim != 3 or patches.shape[-1] != width or not patches.is_floating_point():
-            shape = tuple(patches.shape) if isinstance(patches, Tensor) else type(patches).__name__
+            shape = described_shape(patches)
             raise InputShapeError(f"NaFlex pixel_values must be float [batch, max_patches, {width}]; got {shape}")
         return self._check_padding(patches.shape[:2], patches.device, mask, spatial_shapes)
 
@@ -362,7 +363,7 @@ class HookedViT(HookedRootModule):
     def _check_residual(self, resid: Any) -> Tensor:
         d_model = self.cfg.d_model
         if not isinstance(resid, Tensor) or resid.ndim != 3 or resid.shape[-1] != d_model:
-            shape = tuple(resid.shape) if isinstance(resid, Tensor) else type(resid).__name__
+            shape = described_shape(resid)
             raise InputShapeError(
                 f"with start_at_layer the input must be a residual stream [batch, pos, {d_model}], got {shape}"
             )

@@ -27,7 +27,7 @@ from vit_sae_hooks._tl import add_hook_returning_handle
 from vit_sae_hooks.errors import ConfigError, HookNameError, InputShapeError
 from vit_sae_hooks.hook_names import activation_shape, hook_layer
 from vit_sae_hooks.sae.formats.saelens import SAELensView, is_saelens_sae
-from vit_sae_hooks.tokens import TokenLayout, TokenSelection, TokenSpec
+from vit_sae_hooks.tokens import TokenLayout, TokenSelection, TokenSpec, on_device
 
 if TYPE_CHECKING:
     from vit_sae_hooks.model.hooked_vit import HookedViT
@@ -130,8 +130,7 @@ class Splice:
             self._set_positions(torch.arange(n_pos, device=y.device), n_pos)
             mask = selection.mask(y.shape[0], y.device)
             return torch.where(mask[..., None], self._apply(x, y), y)
-        # A blocking copy of the CPU positions would make every CUDA forward wait for the GPU.
-        self._set_positions(selection.positions.to(y.device, non_blocking=True), n_pos)
+        self._set_positions(on_device(selection.positions, y.device), n_pos)
         return selection.put(y, self._apply(selection.take(x), selection.take(y)))
 
     def _set_positions(self, positions: Tensor | None, n_pos: int | None) -> None:

@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from vit_sae_hooks.checks import described_shape
 from vit_sae_hooks.data.batches import MODEL_INPUTS
 from vit_sae_hooks.errors import ConfigError, DataError, InputShapeError
 from vit_sae_hooks.hook_names import PER_HEAD_HOOKS, stop_layer
@@ -353,7 +354,7 @@ class ImageActivations:
 
 def _check_token_matrix(tensor: Any, what: str) -> None:
     if not isinstance(tensor, Tensor) or tensor.ndim != 2 or not tensor.is_floating_point():
-        shape = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
+        shape = described_shape(tensor)
         raise InputShapeError(f"{what} must be a float tensor [tokens, d_in], got {shape}.")
 
 
@@ -390,7 +391,7 @@ def _stack_images(items: list[Any]) -> tuple[Float[Tensor, "batch ..."], dict[st
     rank = images[0].ndim if images and isinstance(images[0], Tensor) else 3
     if rank not in (3, 4) or not all(isinstance(image, Tensor) and image.ndim == rank for image in images):
         found = next((image for image in images if not (isinstance(image, Tensor) and image.ndim == rank)), images[0])
-        described = tuple(found.shape) if isinstance(found, Tensor) else type(found).__name__
+        described = described_shape(found)
         raise InputShapeError(
             f"each image must be a preprocessed [C, H, W] tensor (a clip [frames, C, H, W] for video models), or a "
             f"(tensor, label) pair, got {described}; pass a dataset with transform=preprocess_for(model)."
@@ -402,7 +403,7 @@ def _stack_naflex(items: list[Mapping[str, Any]]) -> tuple[Float[Tensor, "batch 
     keys = ("pixel_values", *MODEL_INPUTS)
     ranks = {"pixel_values": 2, "pixel_attention_mask": 1, "spatial_shapes": 1}
     for item in items:
-        wrong = {key: _described(item.get(key)) for key in keys
+        wrong = {key: described_shape(item.get(key)) for key in keys
                  if not isinstance(item.get(key), Tensor) or item[key].ndim != ranks[key]}
         if wrong:
             raise InputShapeError(
@@ -415,9 +416,5 @@ def _stack_naflex(items: list[Mapping[str, Any]]) -> tuple[Float[Tensor, "batch 
             f"NaFlex items padded to different lengths {sorted(lengths)} cannot share a batch; give the processor one "
             "max_num_patches for all images"
         )
-    pixel_values, mask, shapes = (torch.stack([torch.as_tensor(item[key]) for item in items]) for key in keys)
-    return pixel_values, {"pixel_attention_mask": mask, "spatial_shapes": shapes}
-
-
-def _described(value: Any) -> str:
-    return f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+    pixel_values, *inputs = (torch.stack([item[key] for item in items]) for key in keys)
+    return pixel_values, dict(zip(MODEL_INPUTS, inputs, strict=True))

@@ -21,6 +21,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from vit_sae_hooks.checks import described_shape
 from vit_sae_hooks.data.display import Unnormalize, displayable_image
 from vit_sae_hooks.errors import ConfigError, InputShapeError
 from vit_sae_hooks.tokens import TOKEN_SET_DESCRIPTIONS
@@ -131,7 +132,7 @@ def plot_heatmap(
     """
     rgb = displayable_image(image, unnormalize)
     if not isinstance(heatmap, Tensor) or heatmap.ndim not in (0, 2):
-        shape = tuple(heatmap.shape) if isinstance(heatmap, Tensor) else type(heatmap).__name__
+        shape = described_shape(heatmap)
         raise InputShapeError(f"heatmap must be [grid_h, grid_w] or a 0-d tensor (from feature_heatmap), got {shape}")
     if heatmap.ndim == 0:
         figure = Figure(figsize=(2 * CELL_INCHES, 2 * CELL_INCHES + 0.4), layout="constrained")

@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from vit_sae_hooks.checks import described_shape
 from vit_sae_hooks.errors import ConfigError, InputShapeError
 from vit_sae_hooks.hook_names import stop_layer
 from vit_sae_hooks.tokens import TokenLayout
@@ -169,7 +170,7 @@ def feature_heatmap(
     rank = 4 if model.cfg.is_video else 3
     what = "clip [frames, channels, height, width]" if model.cfg.is_video else "image [channels, height, width]"
     if not isinstance(image, Tensor) or image.ndim != rank:
-        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        shape = described_shape(image)
         hint = " (take one with images[0])" if isinstance(image, Tensor) and image.ndim == rank + 1 else ""
         raise InputShapeError(
             f"feature_heatmap takes one {what}, got {shape}{hint}; for many use top_activating or token_activations"
