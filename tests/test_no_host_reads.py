@@ -29,11 +29,11 @@ def _project_reads(reads: list[HostRead], allow_batch_topk_widening: bool = Fals
     """
 
     def allowed(read: HostRead) -> bool:
-        if any("/torch/optim/" in frame for frame in read.stack):
+        if any("/torch/optim/" in frame.filename for frame in read.stack):
             return True
-        innermost = [frame for frame in read.stack if "vit_sae_hooks" in frame][-1:]
-        return allow_batch_topk_widening and bool(innermost) and innermost[0].endswith(" in encode_batch_topk") \
-            and "/kernels/batch_topk.py:" in innermost[0] and read.op == "aten.nonzero.default"
+        innermost = read.project_frames[-1:]
+        return allow_batch_topk_widening and bool(innermost) and innermost[0].name == "encode_batch_topk" \
+            and innermost[0].filename.endswith("/kernels/batch_topk.py") and read.op == "aten.nonzero.default"
 
     return [str(read) for read in reads if not allowed(read)]
 

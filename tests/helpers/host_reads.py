@@ -31,8 +31,18 @@ REPEAT = "aten::repeat_interleave.Tensor"
 @dataclass
 class HostRead:
     op: str
-    where: list[str]  # the project's innermost Python frames, "file:line"
-    stack: list[str]  # every Python frame, outermost first: "path:line in function"
+    stack: list[traceback.FrameSummary]  # the Python frames of the call, outermost first
+    project: str  # the part of a file path that marks the project's own frames
+
+    @property
+    def project_frames(self) -> list[traceback.FrameSummary]:
+        """The project's frames of the call, outermost first."""
+        return [frame for frame in self.stack if self.project in frame.filename]
+
+    @property
+    def where(self) -> list[str]:
+        """The project's three innermost frames, ``file:line``."""
+        return [f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" for frame in self.project_frames[-3:]]
 
     def __str__(self) -> str:
         return f"{self.op} at {' <- '.join(reversed(self.where)) or '(no project frame)'}"
@@ -55,10 +65,7 @@ class _Recorder(TorchDispatchMode):
         if overload == REPEAT:
             reads = kwargs.get("output_size") is None and (len(args) < 3 or args[2] is None)
         if reads:
-            stack = traceback.extract_stack()[:-1]
-            frames = [f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" for frame in stack if self.project in frame.filename]
-            full = [f"{frame.filename}:{frame.lineno} in {frame.name}" for frame in stack]
-            self.reads.append(HostRead(str(func), frames[-3:], full))
+            self.reads.append(HostRead(str(func), traceback.extract_stack()[:-1], self.project))
         return func(*args, **kwargs)
 
 
